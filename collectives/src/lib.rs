@@ -1,0 +1,2 @@
+//! dsmpi's collectives: one algorithm per file per operation, a decision function per
+//! operation, and derived datatypes. Written only on the runtime's point-to-point.

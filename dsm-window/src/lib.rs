@@ -1,0 +1,1 @@
+//! dsmpi's one-sided DSM windows.

@@ -1,0 +1,1 @@
+//! dsmexec and dsmwrap.
