@@ -57,13 +57,8 @@ impl JobToken {
         let mut filled = 0;
         while filled < b.len() {
             // SAFETY: the pointer and length describe the unfilled tail of `b`.
-            let n = unsafe {
-                libc::getrandom(
-                    b[filled..].as_mut_ptr().cast(),
-                    b.len() - filled,
-                    0,
-                )
-            };
+            let n =
+                unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {

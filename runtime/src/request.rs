@@ -1,0 +1,198 @@
+//! Non-blocking operations: requests and the scope that keeps their buffers alive.
+//!
+//! A non-blocking send or receive lends its buffer to the transport until it
+//! completes. Rust cannot stop a program from leaking a request (`mem::forget`), so
+//! buffers are lent to a [`Scope`] instead (as in rsmpi and `std::thread::scope`):
+//! when the scope ends, every request started in it has completed, whether it was
+//! waited for, dropped, or leaked. Dropping an unfinished request waits for it.
+//!
+//! ```
+//! dsmpi_runtime::run_local(2, |world| {
+//!     let peer = 1 - world.rank();
+//!     let out = [world.rank() as u32; 4];
+//!     let mut inb = [0u32; 4];
+//!     dsmpi_runtime::scope(|s| {
+//!         let r = world.irecv_into(s, &mut inb, peer, 7).unwrap();
+//!         let w = world.isend(s, &out, peer, 7).unwrap();
+//!         dsmpi_runtime::wait_all(vec![r, w]).unwrap();
+//!     });
+//!     assert_eq!(inb, [peer as u32; 4]);
+//! })
+//! .unwrap();
+//! ```
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::comm::{Communicator, Status};
+use crate::error::{Error, Result};
+use crate::transport::{ReqId, Transport};
+
+/// Owner of the buffers lent to non-blocking operations; see the module docs.
+///
+/// `'a` is the lifetime of the lent buffers; it is invariant so that it cannot
+/// shrink to the scope's body.
+pub struct Scope<'a> {
+    pending: Pending,
+    _buffers: PhantomData<std::cell::Cell<&'a mut ()>>,
+}
+
+impl std::fmt::Debug for Scope<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Scope({} pending)", self.pending.borrow().len())
+    }
+}
+
+type Pending = RefCell<Vec<(Arc<dyn Transport>, ReqId)>>;
+
+/// Takes a completed request off its scope's list.
+fn remove_pending(pending: &Pending, t: &Arc<dyn Transport>, id: ReqId) {
+    let mut p = pending.borrow_mut();
+    if let Some(i) = p
+        .iter()
+        .position(|(pt, pid)| *pid == id && Arc::ptr_eq(pt, t))
+    {
+        p.swap_remove(i);
+    }
+}
+
+impl Scope<'_> {
+    fn complete_all(&self) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        for (t, id) in pending {
+            // Errors have no one to go to here; what matters is that the transport
+            // has let go of the buffer, which `wait` guarantees either way.
+            let _ = t.wait(id);
+        }
+    }
+}
+
+/// Runs `f` with a [`Scope`] for non-blocking operations; when `f` returns (or
+/// panics), every request started in the scope has completed.
+pub fn scope<'a, R>(f: impl FnOnce(&Scope<'a>) -> R) -> R {
+    struct Guard<'g, 'a>(&'g Scope<'a>);
+    impl Drop for Guard<'_, '_> {
+        fn drop(&mut self) {
+            self.0.complete_all();
+        }
+    }
+    let s = Scope {
+        pending: RefCell::new(Vec::new()),
+        _buffers: PhantomData,
+    };
+    let g = Guard(&s);
+    let r = f(g.0);
+    drop(g);
+    r
+}
+
+/// An operation in flight. `wait` it, `test` it, or drop it (which waits).
+#[must_use = "a request is waited for when dropped; wait for it to see its result"]
+pub struct Request<'s> {
+    scope: &'s Pending,
+    comm: Communicator,
+    id: ReqId,
+    done: bool,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Request({}, done: {})", self.id, self.done)
+    }
+}
+
+impl<'s> Request<'s> {
+    pub(crate) fn new<'a>(scope: &'s Scope<'a>, comm: Communicator, id: ReqId) -> Request<'s> {
+        scope
+            .pending
+            .borrow_mut()
+            .push((comm.transport().clone(), id));
+        Request {
+            scope: &scope.pending,
+            comm,
+            id,
+            done: false,
+        }
+    }
+
+    fn settle(&mut self) {
+        self.done = true;
+        remove_pending(self.scope, self.comm.transport(), self.id);
+    }
+
+    /// Blocks until the operation completes.
+    pub fn wait(mut self) -> Result<Status> {
+        let r = self.comm.transport().wait(self.id);
+        self.settle();
+        r.map(|c| self.comm.status_of(c.status))
+            .map_err(|e| self.comm.localize(e))
+    }
+
+    /// Completes the operation if it is done: `Ok(Some(status))` then, `Ok(None)` if
+    /// it is still in flight. Makes progress either way.
+    pub fn test(&mut self) -> Result<Option<Status>> {
+        if self.done {
+            return Err(Error::InvalidArgument("request already completed".into()));
+        }
+        match self.comm.transport().test(self.id) {
+            Ok(Some(c)) => {
+                self.settle();
+                Ok(Some(self.comm.status_of(c.status)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.settle();
+                Err(self.comm.localize(e))
+            }
+        }
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.comm.transport().wait(self.id);
+            self.settle();
+        }
+    }
+}
+
+/// Waits for every request; returns their statuses in order, or the first error
+/// (after all have completed).
+pub fn wait_all(reqs: Vec<Request<'_>>) -> Result<Vec<Status>> {
+    let mut out = Vec::with_capacity(reqs.len());
+    let mut first_err = None;
+    for r in reqs {
+        match r.wait() {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Waits until one of `reqs` completes, removes it from the vector, and returns its
+/// index (before removal) and status.
+pub fn wait_any(reqs: &mut Vec<Request<'_>>) -> Result<(usize, Status)> {
+    if reqs.is_empty() {
+        return Err(Error::InvalidArgument("wait_any on no requests".into()));
+    }
+    let t = reqs[0].comm.transport().clone();
+    if reqs.iter().any(|r| !Arc::ptr_eq(r.comm.transport(), &t)) {
+        return Err(Error::InvalidArgument(
+            "wait_any over requests of different universes".into(),
+        ));
+    }
+    let ids: Vec<ReqId> = reqs.iter().map(|r| r.id).collect();
+    let (i, res) = t.wait_any(&ids)?;
+    let mut r = reqs.remove(i);
+    r.settle();
+    let c = res.map_err(|e| r.comm.localize(e))?;
+    Ok((i, r.comm.status_of(c.status)))
+}

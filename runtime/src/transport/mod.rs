@@ -1,0 +1,129 @@
+//! The layer under communicators: moving tagged messages between world ranks.
+//!
+//! [`Transport`] is deliberately the MPI point-to-point surface (post a send, post a
+//! receive, test, wait, probe) rather than a byte pipe, so that a backend over a real
+//! MPI library can map it onto `MPI_Isend`/`MPI_Irecv` and let MPI do the matching.
+//! The byte-stream backends share one matching and rendezvous engine
+//! ([`engine::Engine`]):
+//! - [`tcp`]: the rank mesh, one TCP connection per pair of ranks;
+//! - [`local`]: ranks as threads of one process, linked by Unix socket pairs, so the
+//!   very same engine code runs in tests without a launcher.
+//!
+//! A shared-memory backend plugs in as another kind of link under the same engine.
+
+pub mod engine;
+pub mod local;
+pub(crate) mod poller;
+pub mod tcp;
+pub mod wire;
+
+use crate::error::Result;
+use crate::Tag;
+
+/// Identifies one outstanding operation inside a transport.
+pub type ReqId = u64;
+
+/// Completion record of an operation, in world ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawStatus {
+    /// World rank of the sender (for a send: the destination).
+    pub source: usize,
+    /// Tag of the message.
+    pub tag: Tag,
+    /// Bytes received (for a send: bytes sent).
+    pub bytes: usize,
+}
+
+/// Where a receive puts its bytes.
+#[derive(Clone, Copy, Debug)]
+pub enum RecvTarget {
+    /// Caller memory: `cap` writable bytes at `ptr`.
+    Buffer {
+        /// Start of the buffer.
+        ptr: *mut u8,
+        /// Capacity in bytes.
+        cap: usize,
+    },
+    /// The transport allocates a buffer of exactly the message's size and returns it.
+    Allocate,
+}
+
+/// A finished operation: its status and, for [`RecvTarget::Allocate`], the bytes.
+#[derive(Debug)]
+pub struct Completion {
+    /// What completed.
+    pub status: RawStatus,
+    /// The allocated message, when the receive asked for one.
+    pub data: Option<Vec<u8>>,
+}
+
+/// Moves tagged messages between the world ranks of one job.
+///
+/// Contexts (`ctx`) separate communicators: a receive only matches messages sent with
+/// its context. Messages from one sender on one context and tag never overtake each
+/// other, and a receive matches the earliest matching message (MPI's rules).
+/// Every method may be called from several threads at once.
+pub trait Transport: Send + Sync + std::fmt::Debug {
+    /// This process's world rank.
+    fn rank(&self) -> usize;
+    /// Number of world ranks.
+    fn size(&self) -> usize;
+    /// Host name of a world rank.
+    fn host(&self, rank: usize) -> &str;
+    /// Short backend name (`"tcp"`, `"local"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Starts sending `len` bytes at `data` to world rank `dest`.
+    ///
+    /// # Safety
+    /// The `len` bytes at `data` must stay valid and unmodified until the request
+    /// completes (by `wait`, a successful `test`, or an error).
+    unsafe fn isend(
+        &self,
+        dest: usize,
+        ctx: u64,
+        tag: Tag,
+        data: *const u8,
+        len: usize,
+    ) -> Result<ReqId>;
+
+    /// Starts receiving from world rank `source` (`None`: any) with `tag` (`None`: any).
+    ///
+    /// # Safety
+    /// For [`RecvTarget::Buffer`], the buffer must stay valid and otherwise unaccessed
+    /// until the request completes.
+    unsafe fn irecv(
+        &self,
+        source: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+        target: RecvTarget,
+    ) -> Result<ReqId>;
+
+    /// Completes `req` if it is done (freeing it), else `Ok(None)`. Makes progress.
+    fn test(&self, req: ReqId) -> Result<Option<Completion>>;
+
+    /// Blocks until `req` completes, then frees it.
+    fn wait(&self, req: ReqId) -> Result<Completion>;
+
+    /// Blocks until one of `reqs` completes (successfully or not), frees it, and
+    /// returns its index and outcome. The outer error is a failure of waiting itself.
+    fn wait_any(&self, reqs: &[ReqId]) -> Result<(usize, Result<Completion>)>;
+
+    /// Status of the earliest matching message not yet received, without receiving it.
+    fn iprobe(
+        &self,
+        source: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+    ) -> Result<Option<RawStatus>>;
+
+    /// Blocks until a matching message can be received; returns its status.
+    fn probe(&self, source: Option<usize>, ctx: u64, tag: Option<Tag>) -> Result<RawStatus>;
+
+    /// Flushes, says goodbye to every peer, waits for theirs, and closes the links.
+    fn finalize(&self) -> Result<()>;
+
+    /// Tears every link down at once, without goodbyes: peers see this rank as lost.
+    fn abort(&self);
+}
