@@ -1,0 +1,86 @@
+//! Broadcast (MPI_Bcast): the root's buffer ends up on every rank.
+//!
+//! | algorithm | file | time (α latency, β per byte, m bytes, p ranks) |
+//! |---|---|---|
+//! | [`Bcast::Linear`] | `linear.rs` | (p−1)(α + mβ) at the root |
+//! | [`Bcast::Binomial`] | `binomial.rs` | ⌈log p⌉(α + mβ), segmented |
+//! | [`Bcast::Binary`] | `binary.rs` | ~2 log p (α + mβ), segmented |
+//! | [`Bcast::Pipeline`] | `pipeline.rs` | (p − 2 + m/s)(α + sβ) for segments of s |
+//! | [`Bcast::ScatterAllgather`] | `scatter_allgather.rs` | log p α + 2(p−1)/p mβ + (p−1)α |
+//!
+//! [`Bcast::choose`] picks one from thresholds measured with `benches/collectives.rs`
+//! (see `docs/COLLECTIVES.md` for the data).
+
+mod binary;
+mod binomial;
+mod linear;
+mod pipeline;
+mod scatter_allgather;
+
+use dsmpi_runtime::Communicator;
+
+use crate::error::Result;
+
+/// Segment size of the segmented trees: big enough that per-message costs stay small,
+/// small enough that every level of the tree is busy (see `docs/COLLECTIVES.md`).
+pub const SEGMENT_BYTES: usize = 64 * 1024;
+
+/// Below this many bytes a broadcast is latency-bound and the binomial tree wins.
+pub const SMALL_BYTES: usize = 16 * 1024;
+
+/// From this many bytes (and at least [`LARGE_MIN_RANKS`] ranks) the scatter +
+/// allgather broadcast, which moves about 2m bytes per rank instead of m log p at
+/// the root, wins.
+pub const LARGE_BYTES: usize = 512 * 1024;
+
+/// Fewest ranks for which [`Bcast::ScatterAllgather`] is chosen.
+pub const LARGE_MIN_RANKS: usize = 4;
+
+/// A broadcast algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bcast {
+    /// The root sends the whole buffer to every other rank (exercise 11.4's star).
+    Linear,
+    /// Binomial tree, segmented (exercise 11.4's tree; MPICH's short-message choice).
+    Binomial,
+    /// Binary tree, segmented.
+    Binary,
+    /// A chain through the ranks, segmented so every link is busy at once.
+    Pipeline,
+    /// Binomial scatter of p blocks, then a ring allgather (van de Geijn).
+    ScatterAllgather,
+}
+
+impl Bcast {
+    /// Every algorithm, for tests and benchmarks.
+    pub const ALL: [Bcast; 5] = [
+        Bcast::Linear,
+        Bcast::Binomial,
+        Bcast::Binary,
+        Bcast::Pipeline,
+        Bcast::ScatterAllgather,
+    ];
+
+    /// The algorithm the decision function picks for `bytes` on `ranks` ranks.
+    pub fn choose(bytes: usize, ranks: usize) -> Bcast {
+        if ranks <= 2 || bytes < SMALL_BYTES {
+            Bcast::Binomial
+        } else if bytes >= LARGE_BYTES && ranks >= LARGE_MIN_RANKS {
+            Bcast::ScatterAllgather
+        } else {
+            Bcast::Binomial
+        }
+    }
+}
+
+/// Runs `alg` on the library plane `lib`.
+pub(crate) fn run(lib: &Communicator, alg: Bcast, root: usize, buf: &mut [u8]) -> Result<()> {
+    crate::util::check_root(root, lib.size())?;
+    match alg {
+        Bcast::Linear => linear::bcast(lib, root, buf),
+        Bcast::Binomial => binomial::bcast(lib, root, buf),
+        Bcast::Binary => binary::bcast(lib, root, buf),
+        Bcast::Pipeline => pipeline::bcast(lib, root, buf),
+        Bcast::ScatterAllgather => scatter_allgather::bcast(lib, root, buf),
+    }
+}
