@@ -1,0 +1,188 @@
+//! The window's wire protocol on its private communicator.
+//!
+//! Every request to a rank's service thread is one message with tag [`TAG_REQ`]: a
+//! 48-byte header of six little-endian `u64` words — kind, reply tag, offset, length,
+//! code, extra — followed by a payload. Requests from one origin are served in the
+//! order sent (MPI's non-overtaking rule on one tag), which is what makes `flush` and
+//! `unlock` a single acknowledged message: when the target answers them, everything
+//! the origin sent before has been applied. Replies go to a tag chosen per call
+//! (so that several threads of a rank may wait at once) and start with a status byte
+//! (0 = ok, then data; 1 = error, then a UTF-8 reason).
+
+use crate::error::{Result, WinError};
+
+/// Requests to a service thread.
+pub(crate) const TAG_REQ: i32 = 1;
+/// Allocation handshake (region sizes).
+pub(crate) const TAG_SETUP: i32 = 2;
+/// PSCW: a target's `post` to an origin.
+pub(crate) const TAG_POST: i32 = 3;
+/// PSCW: an origin's `complete` to a target.
+pub(crate) const TAG_COMPLETE: i32 = 4;
+/// Dissemination barrier, round `k` uses `TAG_BARRIER + k`.
+pub(crate) const TAG_BARRIER: i32 = 16;
+/// First reply tag.
+pub(crate) const TAG_REPLY0: i32 = 1024;
+
+pub(crate) const HDR: usize = 48;
+
+/// Request kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub(crate) enum Kind {
+    /// Write payload at region offset.
+    Put = 1,
+    /// Read `len` bytes at region offset.
+    Get,
+    /// Combine payload into region (code = op | elem << 8).
+    Acc,
+    /// Combine and return the old contents.
+    GetAcc,
+    /// payload = compare ++ new.
+    Cas,
+    /// Acknowledge once everything sent before is applied.
+    Flush,
+    /// Passive-target lock (extra: 1 = exclusive).
+    Lock,
+    /// Passive-target unlock.
+    Unlock,
+    /// Byte-range lock of the segment (extra: 1 = write), served by rank 0.
+    RangeLock,
+    /// Byte-range unlock.
+    RangeUnlock,
+    /// Apply diff runs (segment offsets) to home pages.
+    Diff,
+    /// Send one home page (segment offset).
+    GetPage,
+    /// Stop the service thread (only from the same rank).
+    Stop,
+}
+
+impl Kind {
+    fn from_u64(v: u64) -> Option<Kind> {
+        use Kind::*;
+        [
+            Put,
+            Get,
+            Acc,
+            GetAcc,
+            Cas,
+            Flush,
+            Lock,
+            Unlock,
+            RangeLock,
+            RangeUnlock,
+            Diff,
+            GetPage,
+            Stop,
+        ]
+        .get((v as usize).wrapping_sub(1))
+        .copied()
+    }
+}
+
+/// A request header.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Header {
+    pub kind: Kind,
+    pub reply: i32,
+    pub off: u64,
+    pub len: u64,
+    pub code: u64,
+    pub extra: u64,
+}
+
+impl Header {
+    pub(crate) fn new(kind: Kind, off: usize, len: usize) -> Header {
+        Header {
+            kind,
+            reply: 0,
+            off: off as u64,
+            len: len as u64,
+            code: 0,
+            extra: 0,
+        }
+    }
+
+    /// The whole message: header then payload.
+    pub(crate) fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HDR + payload.len());
+        for w in [
+            self.kind as u64,
+            self.reply as u64,
+            self.off,
+            self.len,
+            self.code,
+            self.extra,
+        ] {
+            v.extend_from_slice(&w.to_le_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// Splits a message into header and payload.
+    pub(crate) fn decode(msg: &[u8]) -> Result<(Header, &[u8])> {
+        if msg.len() < HDR {
+            return Err(WinError::Protocol(format!(
+                "a {}-byte request is shorter than its header",
+                msg.len()
+            )));
+        }
+        let w = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&msg[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        let kind = Kind::from_u64(w(0))
+            .ok_or_else(|| WinError::Protocol(format!("unknown request kind {}", w(0))))?;
+        let reply = i32::try_from(w(1))
+            .map_err(|_| WinError::Protocol(format!("reply tag {} out of range", w(1))))?;
+        Ok((
+            Header {
+                kind,
+                reply,
+                off: w(2),
+                len: w(3),
+                code: w(4),
+                extra: w(5),
+            },
+            &msg[HDR..],
+        ))
+    }
+}
+
+/// A successful reply carrying `data`.
+pub(crate) fn ok_reply(data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + data.len());
+    v.push(0);
+    v.extend_from_slice(data);
+    v
+}
+
+/// A failed reply with a reason.
+pub(crate) fn err_reply(reason: &str) -> Vec<u8> {
+    let mut v = vec![1u8];
+    v.extend_from_slice(reason.as_bytes());
+    v
+}
+
+/// Checks a reply's status byte; returns the data part.
+pub(crate) fn parse_reply(rank: usize, v: &[u8]) -> Result<&[u8]> {
+    match v.split_first() {
+        Some((0, data)) => Ok(data),
+        Some((_, reason)) => Err(WinError::Remote {
+            rank,
+            reason: String::from_utf8_lossy(reason).into_owned(),
+        }),
+        None => Err(WinError::Protocol(format!("empty reply from rank {rank}"))),
+    }
+}
+
+/// Reads little-endian u64 at `at` of `b`, if there.
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    let s = b.get(at..at.checked_add(8)?)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    Some(u64::from_le_bytes(a))
+}
