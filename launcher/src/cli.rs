@@ -1,0 +1,213 @@
+//! The `dsmexec` command line.
+//!
+//! Options come first and stop at PROGRAM: everything after it belongs to the program,
+//! even words that look like options (`dsmexec -n 2 ls -l`). Errors are one line, so a
+//! typo does not bury the terminal under clap's full help.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::error::LaunchError;
+
+/// Default grace period between the polite signal and SIGKILL, in milliseconds.
+pub const DEFAULT_GRACE_MS: u64 = 1000;
+
+/// `dsmexec [OPTIONS] -n N PROGRAM [ARGS]...` as parsed by clap.
+#[derive(Parser, Debug, Clone, PartialEq)]
+#[command(
+    name = "dsmexec",
+    version,
+    about = "Start N ranks of a dsmpi (or any) program on this host",
+    override_usage = "dsmexec [OPTIONS] -n <N> PROGRAM [ARGS]..."
+)]
+pub struct Cli {
+    /// Number of ranks to start. Defaults to 1, like `mpirun` with one slot.
+    #[arg(short = 'n', long = "np", value_name = "N", default_value_t = 1,
+          value_parser = parse_np)]
+    pub np: u32,
+
+    /// Prefix every output line with `[RANK] `.
+    #[arg(long)]
+    pub tag_output: bool,
+
+    /// Milliseconds between the polite signal and SIGKILL when the job is stopped.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_GRACE_MS)]
+    pub grace_ms: u64,
+
+    /// Kill the job after this many seconds (fractions allowed); exit code 124.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_timeout,
+          allow_negative_numbers = true)]
+    pub timeout: Option<Duration>,
+
+    /// The program to run, then its arguments, passed through untouched.
+    #[arg(
+        value_name = "PROGRAM",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+impl Cli {
+    /// The grace period as a duration.
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.grace_ms)
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    /// Run a job.
+    Run(Cli),
+    /// `--help` or `--version`: clap's text, to be printed on stdout with exit code 0.
+    Print(clap::Error),
+}
+
+/// Parses `args` (including `argv[0]`).
+///
+/// A bad command line becomes [`LaunchError::Usage`] with a one-line message.
+pub fn parse_from<I, T>(args: I) -> Result<Invocation, LaunchError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(Invocation::Run(cli)),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            Ok(Invocation::Print(e))
+        }
+        Err(e) => Err(LaunchError::Usage(one_line(&e))),
+    }
+}
+
+/// Squeezes a clap error into one line: its first paragraph, without the `error: `
+/// label, plus a pointer to `--help`.
+fn one_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first_paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let text = first_paragraph.join(" ");
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{text} (see 'dsmexec --help')")
+}
+
+fn parse_np(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| "the number of ranks must be a positive integer".to_string())?;
+    if n == 0 {
+        return Err("the number of ranks must be at least 1".to_string());
+    }
+    Ok(n)
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_string())?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("the timeout must be more than 0 seconds".to_string());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "the timeout is too large".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Cli {
+        match parse_from(args) {
+            Ok(Invocation::Run(cli)) => cli,
+            other => panic!("expected a job for {args:?}, got {other:?}"),
+        }
+    }
+
+    fn usage(args: &[&str]) -> String {
+        match parse_from(args) {
+            Err(LaunchError::Usage(msg)) => msg,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_stop_at_the_program() {
+        let cli = run(&[
+            "dsmexec",
+            "-n",
+            "3",
+            "--tag-output",
+            "ls",
+            "-l",
+            "--np",
+            "x",
+        ]);
+        assert_eq!(cli.np, 3);
+        assert!(cli.tag_output);
+        assert_eq!(cli.command, ["ls", "-l", "--np", "x"]);
+        let cli = run(&["dsmexec", "--np=2", "prog", "-n", "5"]);
+        assert_eq!(cli.np, 2);
+        assert_eq!(cli.command, ["prog", "-n", "5"]);
+        // `--` lets a program name start with a dash.
+        let cli = run(&["dsmexec", "--", "-odd", "-n"]);
+        assert_eq!(cli.command, ["-odd", "-n"]);
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = run(&["dsmexec", "true"]);
+        assert_eq!(cli.np, 1);
+        assert!(!cli.tag_output);
+        assert_eq!(cli.grace(), Duration::from_millis(DEFAULT_GRACE_MS));
+        assert_eq!(cli.timeout, None);
+    }
+
+    #[test]
+    fn timeout_accepts_fractions_and_rejects_nonsense() {
+        let cli = run(&["dsmexec", "--timeout", "0.5", "true"]);
+        assert_eq!(cli.timeout, Some(Duration::from_millis(500)));
+        for bad in ["0", "-1", "abc", "nan", "inf"] {
+            let msg = usage(&["dsmexec", "--timeout", bad, "true"]);
+            assert!(msg.contains("--timeout"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_command_lines_are_one_line_usage_errors() {
+        for args in [
+            &["dsmexec", "-n", "0", "true"][..],
+            &["dsmexec", "-n", "many", "true"],
+            &["dsmexec", "-n", "2"],
+            &["dsmexec"],
+            &["dsmexec", "--bogus", "true"],
+            &["dsmexec", "-x", "true"],
+        ] {
+            let msg = usage(args);
+            assert!(!msg.contains('\n'), "{args:?}: {msg}");
+            assert!(!msg.starts_with("error"), "{args:?}: {msg}");
+        }
+        assert!(usage(&["dsmexec", "-n", "0", "true"]).contains("at least 1"));
+        assert!(usage(&["dsmexec", "-n", "2"]).contains("PROGRAM"));
+        assert!(usage(&["dsmexec", "--bogus", "true"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn help_and_version_are_printed_not_errors() {
+        assert!(matches!(
+            parse_from(["dsmexec", "--help"]),
+            Ok(Invocation::Print(_))
+        ));
+        assert!(matches!(
+            parse_from(["dsmexec", "--version"]),
+            Ok(Invocation::Print(_))
+        ));
+    }
+}
