@@ -1,0 +1,213 @@
+//! Load/store through views: the fault path, twins and diffs, invalidation.
+
+use dsmpi_runtime::{run_local, run_local_with, LocalBackend};
+use dsmpi_window::{Layout, LockType, Window};
+
+#[test]
+fn page_bounced_among_nine_ranks_under_exclusive_locks() {
+    for b in [LocalBackend::Sockets, LocalBackend::Tcp] {
+        let n = 9;
+        let rounds = 20;
+        run_local_with(b, n, |world| {
+            let win = Window::allocate(&world, 4096).unwrap();
+            let v = win.view::<u64>().unwrap();
+            // One page homed at rank 4; word 0 a counter, word 1 + r rank r's tally.
+            let home = 4;
+            let base = v.index_of(home, 0).unwrap();
+            let me = world.rank();
+            for _ in 0..rounds {
+                win.lock(LockType::Exclusive, home).unwrap();
+                v.update(base, |c| c + 1).unwrap();
+                v.update(base + 1 + me, |c| c + 1).unwrap();
+                win.unlock(home).unwrap();
+            }
+            win.fence().unwrap();
+            assert_eq!(v.load(base).unwrap(), (n * rounds) as u64);
+            for r in 0..n {
+                assert_eq!(v.load(base + 1 + r).unwrap(), rounds as u64);
+            }
+            let st = win.stats();
+            if me != home {
+                assert!(st.fetches >= rounds as u64, "{st:?}");
+                assert!(st.diff_pages >= rounds as u64, "{st:?}");
+            }
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn two_ranks_write_different_halves_of_one_page() {
+    run_local(3, |world| {
+        let win = Window::allocate(&world, 4096).unwrap();
+        let v = win.view::<u8>().unwrap();
+        let page = v.index_of(2, 0).unwrap(); // homed at rank 2
+        let me = world.rank();
+        win.fence().unwrap();
+        if me < 2 {
+            for i in 0..2048 {
+                v.store(page + me * 2048 + i, (i % 251) as u8 + me as u8)
+                    .unwrap();
+            }
+        }
+        win.fence().unwrap();
+        for half in 0..2 {
+            for i in 0..2048 {
+                assert_eq!(
+                    v.load(page + half * 2048 + i).unwrap(),
+                    (i % 251) as u8 + half as u8
+                );
+            }
+        }
+        // Interleaved bytes too: rank 0 writes even bytes, rank 1 odd ones.
+        if me < 2 {
+            for i in (me..4096).step_by(2) {
+                v.store(page + i, 0xA0 + me as u8).unwrap();
+            }
+        }
+        win.fence().unwrap();
+        for i in 0..4096 {
+            assert_eq!(v.load(page + i).unwrap(), 0xA0 + (i % 2) as u8);
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn view_and_rma_see_each_other_across_epochs() {
+    run_local(2, |world| {
+        let win = Window::allocate(&world, 3 * 4096).unwrap();
+        let v = win.view::<u32>().unwrap();
+        let me = world.rank();
+        let other = 1 - me;
+        // Stores through the view into the other's region...
+        for k in 0..3 * 1024 {
+            v.store(v.index_of(other, k).unwrap(), (me * 100_000 + k) as u32)
+                .unwrap();
+        }
+        win.fence().unwrap();
+        // ...are visible to RMA gets and to the home's own view.
+        let mut got = vec![0u32; 3 * 1024];
+        win.get(&mut got, me, 0).unwrap();
+        for (k, g) in got.iter().enumerate() {
+            assert_eq!(*g, (other * 100_000 + k) as u32);
+            assert_eq!(v.load(v.index_of(me, k).unwrap()).unwrap(), *g);
+        }
+        win.fence().unwrap();
+        // RMA puts are visible to loads after the next fence.
+        win.put(&[7u32; 10], other, 5).unwrap();
+        win.fence().unwrap();
+        assert_eq!(v.load(v.index_of(other, 5).unwrap()).unwrap(), 7);
+        assert_eq!(v.load(v.index_of(me, 14).unwrap()).unwrap(), 7);
+    })
+    .unwrap();
+}
+
+#[test]
+fn threads_faulting_on_one_page_cause_one_fetch() {
+    run_local(2, |world| {
+        let win = Window::allocate(&world, 4096).unwrap();
+        let v = win.view::<u64>().unwrap();
+        let me = world.rank();
+        if me == 1 {
+            for i in 0..512 {
+                v.store(v.index_of(1, i).unwrap(), i as u64 * 3).unwrap();
+            }
+        }
+        win.fence().unwrap();
+        if me == 0 {
+            let before = win.stats().fetches;
+            std::thread::scope(|s| {
+                for t in 0..8 {
+                    let v = &v;
+                    s.spawn(move || {
+                        for i in (t..512).step_by(8) {
+                            let x = v.load(v.index_of(1, i).unwrap()).unwrap();
+                            assert_eq!(x, i as u64 * 3);
+                        }
+                    });
+                }
+            });
+            assert_eq!(win.stats().fetches - before, 1);
+        }
+        win.fence().unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn round_robin_pages_written_by_every_rank_in_turn() {
+    let n = 4;
+    run_local(n, |world| {
+        let pages_per_rank = 3;
+        let win = Window::allocate_with(&world, pages_per_rank * 4096, Layout::RoundRobin).unwrap();
+        let v = win.view::<u64>().unwrap();
+        let total_pages = n * pages_per_rank;
+        let per_page = 4096 / 8;
+        let me = world.rank();
+        for p in 0..total_pages {
+            assert_eq!(win.home_of(p * 4096).unwrap(), p % n);
+        }
+        for turn in 0..n {
+            if turn == me {
+                for p in 0..total_pages {
+                    v.update(p * per_page + turn, |x| x + (p * 10 + turn) as u64)
+                        .unwrap();
+                    v.update(p * per_page + per_page - 1, |x| x + 1).unwrap();
+                }
+            }
+            win.fence().unwrap();
+        }
+        for p in 0..total_pages {
+            for t in 0..n {
+                assert_eq!(v.load(p * per_page + t).unwrap(), (p * 10 + t) as u64);
+            }
+            assert_eq!(v.load(p * per_page + per_page - 1).unwrap(), n as u64);
+        }
+        // RMA addressing follows the same placement.
+        let mut x = [0u64];
+        win.get(&mut x, 1, per_page + 2).unwrap(); // page 1 of rank 1 = segment page n+1
+        assert_eq!(x[0], ((n + 1) * 10 + 2) as u64);
+    })
+    .unwrap();
+}
+
+#[test]
+fn byte_range_locks_fibonacci() {
+    let n = 5;
+    let steps = 60u64;
+    run_local(n, |world| {
+        let win = Window::allocate(&world, 64).unwrap();
+        let v = win.view::<u64>().unwrap();
+        // Words at rank 2's region: a, b, step.
+        let base = v.index_of(2, 0).unwrap();
+        let off = win.segment_offset(2, 0).unwrap();
+        if world.rank() == 2 {
+            v.store(base + 1, 1).unwrap();
+        }
+        win.fence().unwrap();
+        loop {
+            let g = win.lock_write(off, 24).unwrap();
+            let step = v.load(base + 2).unwrap();
+            if step >= steps {
+                g.release().unwrap();
+                break;
+            }
+            let (a, b) = (v.load(base).unwrap(), v.load(base + 1).unwrap());
+            v.store(base, b).unwrap();
+            v.store(base + 1, a.wrapping_add(b)).unwrap();
+            v.store(base + 2, step + 1).unwrap();
+            g.release().unwrap();
+        }
+        let g = win.lock_read(off, 24).unwrap();
+        let (mut a, mut b) = (0u64, 1u64);
+        for _ in 0..steps {
+            (a, b) = (b, a.wrapping_add(b));
+        }
+        assert_eq!(v.load(base).unwrap(), a);
+        assert_eq!(v.load(base + 1).unwrap(), b);
+        drop(g);
+        win.fence().unwrap();
+    })
+    .unwrap();
+}
