@@ -68,7 +68,7 @@ pub mod prelude {
     pub use crate::api::Collectives;
     pub use crate::barrier::Barrier;
     pub use crate::bcast::Bcast;
-    // DATATYPE_PRELUDE
+    pub use crate::datatype::{Datatype, Order, Primitive, TypedCommunication, TypedData};
     pub use crate::gather::Gather;
     pub use crate::op::{MaxLoc, MinLoc, Operation, SystemOp, UserOp, ValueIndex};
     pub use crate::reduce::Reduce;
