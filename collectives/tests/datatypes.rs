@@ -91,6 +91,9 @@ impl Layout {
     }
 }
 
+/// What the receiving rank of a typed exchange reports: (contiguous, spread).
+type Received = Option<(Vec<u8>, Vec<u8>)>;
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -140,7 +143,7 @@ proptest! {
         let tb = b.datatype();
         let src = bytes(0, a.count * a.extent(), 9);
         let expect = ta.pack(&src, a.count).unwrap();
-        let out = run_local(2, |w| -> Result<Option<(Vec<u8>, Vec<u8>)>, Error> {
+        let out = run_local(2, |w| -> Result<Received, Error> {
             if w.rank() == 0 {
                 w.send_typed(&src, &ta, a.count, 1, 4)?;
                 w.send_typed(&src, &ta, a.count, 1, 4)?;
