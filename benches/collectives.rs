@@ -58,10 +58,12 @@ fn bcast(c: &mut Criterion) {
                     &size,
                     |b, &size| {
                         b.iter_custom(|iters| {
-                            time_on(n, iters, |w| {
-                                let mut buf = vec![1u8; size];
-                                w.broadcast_with(alg, 0, &mut buf).expect("bcast");
-                            })
+                            time_on(
+                                n,
+                                iters,
+                                |_| vec![1u8; size],
+                                |w, buf| w.broadcast_with(alg, 0, buf).expect("bcast"),
+                            )
                         })
                     },
                 );
@@ -82,15 +84,19 @@ fn scatter(c: &mut Criterion) {
                     &size,
                     |b, _| {
                         b.iter_custom(|iters| {
-                            time_on(n, iters, |w| {
-                                let send = if w.rank() == 0 {
-                                    vec![1u8; block * n]
-                                } else {
-                                    Vec::new()
-                                };
-                                let mut recv = vec![0u8; block];
-                                w.scatter_with(alg, 0, &send, &mut recv).expect("scatter");
-                            })
+                            time_on(
+                                n,
+                                iters,
+                                |w| {
+                                    (
+                                        vec![1u8; if w.rank() == 0 { block * n } else { 0 }],
+                                        vec![0u8; block],
+                                    )
+                                },
+                                |w, (send, recv)| {
+                                    w.scatter_with(alg, 0, send, recv).expect("scatter")
+                                },
+                            )
                         })
                     },
                 );
@@ -111,11 +117,14 @@ fn alltoall(c: &mut Criterion) {
                     &size,
                     |b, _| {
                         b.iter_custom(|iters| {
-                            time_on(n, iters, |w| {
-                                let send = vec![1u8; block * n];
-                                let mut recv = vec![0u8; block * n];
-                                w.all_to_all_with(alg, &send, &mut recv).expect("alltoall");
-                            })
+                            time_on(
+                                n,
+                                iters,
+                                |_| (vec![1u8; block * n], vec![0u8; block * n]),
+                                |w, (send, recv)| {
+                                    w.all_to_all_with(alg, send, recv).expect("alltoall")
+                                },
+                            )
                         })
                     },
                 );
@@ -136,12 +145,15 @@ fn allreduce(c: &mut Criterion) {
                     &size,
                     |b, _| {
                         b.iter_custom(|iters| {
-                            time_on(n, iters, |w| {
-                                let send = vec![1.0f64; count];
-                                let mut recv = vec![0.0f64; count];
-                                w.all_reduce_with(alg, &send, &mut recv, SystemOp::Sum)
-                                    .expect("allreduce");
-                            })
+                            time_on(
+                                n,
+                                iters,
+                                |_| (vec![1.0f64; count], vec![0.0f64; count]),
+                                |w, (send, recv)| {
+                                    w.all_reduce_with(alg, send, recv, SystemOp::Sum)
+                                        .expect("allreduce")
+                                },
+                            )
                         })
                     },
                 );
