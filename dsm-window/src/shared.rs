@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use dsmpi_runtime::{Communicator, ANY_SOURCE};
 
@@ -150,6 +150,19 @@ pub(crate) struct Shared {
     next_tag: AtomicU32,
     pub counters: Counters,
     pub service_error: Mutex<Option<WinError>>,
+    /// Lock queues; held while a request executes (by the service thread, or by a
+    /// thread of this rank executing a request to itself).
+    svc: Mutex<ServiceState>,
+    /// Replies to this rank's own requests, by reply tag (they never touch the wire).
+    mailbox: Mutex<HashMap<i32, Vec<u8>>>,
+    mail: Condvar,
+}
+
+/// The service's own state.
+#[derive(Default)]
+struct ServiceState {
+    lock: LockQueue,
+    ranges: RangeLocks,
 }
 
 /// Coalesces sorted page numbers into runs `(first, count)`.
@@ -201,6 +214,9 @@ impl Shared {
             next_tag: AtomicU32::new(0),
             counters: Counters::default(),
             service_error: Mutex::new(None),
+            svc: Mutex::new(ServiceState::default()),
+            mailbox: Mutex::new(HashMap::new()),
+            mail: Condvar::new(),
         }
     }
 
@@ -216,21 +232,59 @@ impl Shared {
         self.pages.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Executes a request of this rank to itself, in the calling thread, serialized
+    /// with the service thread.
+    fn serve_here(&self, hdr: Header, payload: &[u8]) {
+        let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
+        Service {
+            sh: self,
+            st: &mut st,
+        }
+        .serve(self.geo.me, hdr, payload);
+    }
+
     /// Sends a request and does not wait.
     pub(crate) fn send(&self, target: usize, hdr: Header, payload: &[u8]) -> Result<()> {
+        if target == self.geo.me && hdr.kind != Kind::Stop {
+            self.serve_here(hdr, payload);
+            return Ok(());
+        }
         self.comm.send(&hdr.encode(payload), target, TAG_REQ)?;
         Ok(())
     }
 
-    /// Sends a request and waits for its reply; returns the reply's raw bytes (status
-    /// byte included, see [`proto::parse_reply`]).
-    pub(crate) fn call(&self, target: usize, mut hdr: Header, payload: &[u8]) -> Result<Vec<u8>> {
+    /// Starts a request that will be answered on `tag` (see [`wait_reply`]).
+    ///
+    /// [`wait_reply`]: Self::wait_reply
+    pub(crate) fn post(&self, target: usize, mut hdr: Header, payload: &[u8]) -> Result<i32> {
         let tag = self.new_tag();
         hdr.reply = tag;
-        self.comm.send(&hdr.encode(payload), target, TAG_REQ)?;
-        let (v, _) = self.comm.recv_vec::<u8>(target, tag)?;
+        self.send(target, hdr, payload)?;
+        Ok(tag)
+    }
+
+    /// Waits for the reply of a request started with [`post`](Self::post); returns its
+    /// raw bytes (status byte included, checked: see [`proto::parse_reply`]).
+    pub(crate) fn wait_reply(&self, target: usize, tag: i32) -> Result<Vec<u8>> {
+        let v = if target == self.geo.me {
+            let mut mb = self.mailbox.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(v) = mb.remove(&tag) {
+                    break v;
+                }
+                mb = self.mail.wait(mb).unwrap_or_else(|p| p.into_inner());
+            }
+        } else {
+            self.comm.recv_vec::<u8>(target, tag)?.0
+        };
         proto::parse_reply(target, &v)?;
         Ok(v)
+    }
+
+    /// Sends a request and waits for its reply.
+    pub(crate) fn call(&self, target: usize, hdr: Header, payload: &[u8]) -> Result<Vec<u8>> {
+        let tag = self.post(target, hdr, payload)?;
+        self.wait_reply(target, tag)
     }
 
     // ----- the DSM view: release and acquire -------------------------------------------
@@ -270,18 +324,13 @@ impl Shared {
         // Send every diff first, then collect the acknowledgements.
         let mut waits = Vec::new();
         for (home, body) in bodies {
-            if body.is_empty() {
-                continue;
+            if !body.is_empty() {
+                let hdr = Header::new(Kind::Diff, 0, body.len());
+                waits.push((home, self.post(home, hdr, &body)?));
             }
-            let tag = self.new_tag();
-            let mut hdr = Header::new(Kind::Diff, 0, body.len());
-            hdr.reply = tag;
-            self.comm.send(&hdr.encode(&body), home, TAG_REQ)?;
-            waits.push((home, tag));
         }
         for (home, tag) in waits {
-            let (v, _) = self.comm.recv_vec::<u8>(home, tag)?;
-            proto::parse_reply(home, &v)?;
+            self.wait_reply(home, tag)?;
         }
         Ok(())
     }
@@ -382,11 +431,6 @@ impl Shared {
 
     /// The service thread: serves requests from every rank until told to stop.
     pub(crate) fn service_loop(self: Arc<Self>) {
-        let mut svc = Service {
-            sh: &self,
-            lock: LockQueue::default(),
-            ranges: RangeLocks::default(),
-        };
         loop {
             let (msg, st) = match self.comm.recv_vec::<u8>(ANY_SOURCE, TAG_REQ) {
                 Ok(x) => x,
@@ -398,7 +442,14 @@ impl Shared {
             let src = st.source();
             match Header::decode(&msg) {
                 Ok((h, _)) if h.kind == Kind::Stop && src == self.geo.me => return,
-                Ok((h, payload)) => svc.serve(src, h, payload),
+                Ok((h, payload)) => {
+                    let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
+                    Service {
+                        sh: &self,
+                        st: &mut st,
+                    }
+                    .serve(src, h, payload)
+                }
                 Err(e) => eprintln!(
                     "dsmpi-window: rank {}: bad request from rank {src}: {e}",
                     self.geo.me
@@ -487,13 +538,18 @@ impl RangeLocks {
 
 struct Service<'a> {
     sh: &'a Shared,
-    lock: LockQueue,
-    ranges: RangeLocks,
+    st: &'a mut ServiceState,
 }
 
 impl Service<'_> {
     fn reply(&self, dest: usize, tag: i32, msg: &[u8]) {
         if tag == 0 {
+            return;
+        }
+        if dest == self.sh.geo.me {
+            let mut mb = self.sh.mailbox.lock().unwrap_or_else(|p| p.into_inner());
+            mb.insert(tag, msg.to_vec());
+            self.sh.mail.notify_all();
             return;
         }
         if let Err(e) = self.sh.comm.send(msg, dest, tag) {
@@ -589,30 +645,31 @@ impl Service<'_> {
             }
             Kind::Flush => Ok(Some(Vec::new())),
             Kind::Lock => {
-                self.lock.queue.push_back((src, h.reply, h.extra == 1));
-                for (s, t) in self.lock.grant() {
+                self.st.lock.queue.push_back((src, h.reply, h.extra == 1));
+                for (s, t) in self.st.lock.grant() {
                     self.reply(s, t, &proto::ok_reply(&[]));
                 }
                 Ok(None)
             }
             Kind::Unlock => {
-                if !self.lock.release(src) {
+                if !self.st.lock.release(src) {
                     return Err(WinError::Sync(format!(
                         "rank {src} unlocks rank {} without holding its lock",
                         self.sh.geo.me
                     )));
                 }
                 self.reply(src, h.reply, &proto::ok_reply(&[]));
-                for (s, t) in self.lock.grant() {
+                for (s, t) in self.st.lock.grant() {
                     self.reply(s, t, &proto::ok_reply(&[]));
                 }
                 Ok(None)
             }
             Kind::RangeLock => {
-                self.ranges
+                self.st
+                    .ranges
                     .queue
                     .push((src, h.reply, h.off, h.len, h.extra == 1));
-                for (s, t) in self.ranges.grant() {
+                for (s, t) in self.st.ranges.grant() {
                     self.reply(s, t, &proto::ok_reply(&[]));
                 }
                 Ok(None)
@@ -620,6 +677,7 @@ impl Service<'_> {
             Kind::RangeUnlock => {
                 let w = h.extra == 1;
                 let i = self
+                    .st
                     .ranges
                     .held
                     .iter()
@@ -630,9 +688,9 @@ impl Service<'_> {
                             h.off, h.len
                         ))
                     })?;
-                self.ranges.held.swap_remove(i);
+                self.st.ranges.held.swap_remove(i);
                 self.reply(src, h.reply, &proto::ok_reply(&[]));
-                for (s, t) in self.ranges.grant() {
+                for (s, t) in self.st.ranges.grant() {
                     self.reply(s, t, &proto::ok_reply(&[]));
                 }
                 Ok(None)

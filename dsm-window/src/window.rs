@@ -447,15 +447,10 @@ impl Window {
         // Send every flush first, then wait for the answers.
         let mut waits = Vec::new();
         for t in targets {
-            let tag = self.sh.new_tag();
-            let mut h = Header::new(Kind::Flush, 0, 0);
-            h.reply = tag;
-            self.sh.send(t, h, &[])?;
-            waits.push((t, tag));
+            waits.push((t, self.sh.post(t, Header::new(Kind::Flush, 0, 0), &[])?));
         }
         for (t, tag) in waits {
-            let (v, _) = self.sh.comm.recv_vec::<u8>(t, tag)?;
-            proto::parse_reply(t, &v)?;
+            self.sh.wait_reply(t, tag)?;
         }
         Ok(())
     }

@@ -256,3 +256,22 @@ fn large_put_get_rendezvous() {
     })
     .unwrap();
 }
+
+#[test]
+fn many_operations_on_self() {
+    // Requests to oneself execute in the calling thread (no message, no wake-up).
+    run_local(1, |world| {
+        let win = Window::allocate(&world, 64).unwrap();
+        for i in 0..500u64 {
+            assert_eq!(win.fetch_and_op(1u64, 0, 0, Op::Sum).unwrap(), i);
+        }
+        for _ in 0..100 {
+            let g = win.lock_write(0, 24).unwrap();
+            g.release().unwrap();
+            win.lock(LockType::Exclusive, 0).unwrap();
+            win.unlock(0).unwrap();
+        }
+        win.fence().unwrap();
+    })
+    .unwrap();
+}
