@@ -1,0 +1,53 @@
+//! The window's stress checks in real processes, for `tests/procs.rs`:
+//! `dsmexec -n 4 target/debug/examples/window_procs`.
+//!
+//! All ranks accumulate into the same counters; fetch-and-op tickets must be unique;
+//! one page is bounced by plain stores under exclusive locks. Exits non-zero on any
+//! wrong result.
+
+use dsmpi_window::{LockType, Op, Window};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let universe = dsmpi_runtime::init()?;
+    let world = universe.world();
+    let (me, n) = (world.rank(), world.size());
+    let iters = 1000;
+    let win = Window::allocate(&world, 4096)?;
+    win.fence()?;
+    let mut tickets = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        win.accumulate(&[1u64, 3], 0, 0, Op::Sum)?;
+        tickets.push(win.fetch_and_op(1u64, n - 1, 2, Op::Sum)?);
+    }
+    if tickets.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("tickets are not increasing".into());
+    }
+    let v = win.view::<u64>()?;
+    let home = n / 2;
+    let base = v.index_of(home, 8)?;
+    for _ in 0..50 {
+        win.lock(LockType::Exclusive, home)?;
+        v.update(base, |x| x + 1)?;
+        v.update(base + 1 + me, |x| x + 1)?;
+        win.unlock(home)?;
+    }
+    win.fence()?;
+    let mut c = [0u64; 2];
+    win.get(&mut c, 0, 0)?;
+    let want = (n * iters) as u64;
+    if c != [want, 3 * want] {
+        return Err(format!("counters {c:?}, expected [{want}, {}]", 3 * want).into());
+    }
+    let mut t = [0u64];
+    win.get(&mut t, n - 1, 2)?;
+    if t[0] != want {
+        return Err(format!("{} tickets handed out, expected {want}", t[0]).into());
+    }
+    if v.load(base)? != 50 * n as u64 || (0..n).any(|r| v.load(base + 1 + r).ok() != Some(50)) {
+        return Err(format!("bounced page holds {}", v.load(base)?).into());
+    }
+    drop(v);
+    win.free()?;
+    println!("rank {me} of {n}: window checks ok");
+    Ok(())
+}

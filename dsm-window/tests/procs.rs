@@ -1,0 +1,53 @@
+//! The window in real processes, through the launcher. Skipped (with a note) when
+//! `dsmexec` has not been built: set `DSMEXEC` or build the workspace's launcher.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn dsmexec() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("DSMEXEC") {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dsmexec");
+    p.exists().then_some(p)
+}
+
+fn example(name: &str) -> PathBuf {
+    // tests run from target/<profile>/deps; examples sit in target/<profile>/examples.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
+#[test]
+fn window_checks_in_processes() {
+    let Some(launcher) = dsmexec() else {
+        eprintln!("dsmexec not built; skipping the multi-process window test");
+        return;
+    };
+    let prog = example("window_procs");
+    if !prog.exists() {
+        // `cargo test -p dsmpi-window` builds the examples; `--test procs` alone does not.
+        eprintln!("{} not built; skipping", prog.display());
+        return;
+    }
+    for n in [1, 3, 5] {
+        let out = Command::new(&launcher)
+            .args(["-n", &n.to_string(), "--timeout", "300"])
+            .arg(&prog)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "n={n}: {:?}\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.matches("window checks ok").count(), n, "{text}");
+    }
+}
