@@ -65,7 +65,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{n} ranks computed fib({steps}) = {a} under lock_write: ok");
     }
     println!("rank {me} made {mine} steps");
-    drop(v);
     counts.free()?;
     win.free()?;
     Ok(())

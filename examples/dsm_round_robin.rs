@@ -52,7 +52,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "rank {me}: {pages} round-robin pages checked; {} faults, {} fetches, {} diffs",
         st.faults, st.fetches, st.diff_pages
     );
-    drop(v);
     win.free()?;
     Ok(())
 }

@@ -46,7 +46,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if v.load(base)? != 50 * n as u64 || (0..n).any(|r| v.load(base + 1 + r).ok() != Some(50)) {
         return Err(format!("bounced page holds {}", v.load(base)?).into());
     }
-    drop(v);
     win.free()?;
     println!("rank {me} of {n}: window checks ok");
     Ok(())

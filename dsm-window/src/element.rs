@@ -171,7 +171,7 @@ pub(crate) fn kind_size(kind: ElemKind) -> usize {
 /// Combines `origin` into `target` element by element (both hold whole elements).
 pub(crate) fn apply(kind: ElemKind, op: Op, target: &mut [u8], origin: &[u8]) -> Result<()> {
     op.check(kind)?;
-    if target.len() != origin.len() || target.len() % kind_size(kind) != 0 {
+    if target.len() != origin.len() || !target.len().is_multiple_of(kind_size(kind)) {
         return Err(WinError::Protocol(format!(
             "accumulate of {} bytes onto {} bytes of {kind:?}",
             origin.len(),

@@ -61,7 +61,7 @@ impl Segment {
     /// all `PROT_NONE`, the service view read-write, both zero-filled.
     pub(crate) fn new(len: usize) -> Result<Segment> {
         let page = page_size();
-        debug_assert!(len > 0 && len % page == 0);
+        debug_assert!(len > 0 && len.is_multiple_of(page));
         // SAFETY: the name is a valid C string; memfd_create returns a new fd or -1.
         let fd = unsafe { libc::memfd_create(c"dsmpi-window".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {

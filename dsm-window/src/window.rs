@@ -651,7 +651,7 @@ impl Window {
     pub fn view_at<T: Pod>(&self, offset: usize) -> Result<View<'_, T>> {
         let align = std::mem::align_of::<T>();
         let w = std::mem::size_of::<T>();
-        if w == 0 || offset % align != 0 || align > self.sh.geo.page {
+        if w == 0 || !offset.is_multiple_of(align) || align > self.sh.geo.page {
             return Err(WinError::Misaligned { offset, align });
         }
         let total = self.segment_bytes();
@@ -840,7 +840,7 @@ impl<T: Pod> View<'_, T> {
         })?;
         self.win.sh.geo.check(rank, byte, w)?;
         let so = self.win.sh.geo.seg_offset(rank, byte);
-        if so < self.offset || (so - self.offset) % w != 0 {
+        if so < self.offset || !(so - self.offset).is_multiple_of(w) {
             return Err(WinError::Misaligned {
                 offset: so,
                 align: w,

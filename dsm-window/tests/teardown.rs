@@ -76,7 +76,6 @@ fn leftovers_child() {
             }
             win.fence().unwrap();
             assert!(window_mappings() >= 2);
-            drop(v);
             win.free().unwrap();
             // Dropped without free: same teardown.
             let w2 = Window::allocate(&world, 100).unwrap();
