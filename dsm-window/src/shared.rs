@@ -407,13 +407,15 @@ impl Shared {
         }
     }
 
-    /// The fault thread: serves the faults the handler posts on `chan`.
+    /// The fault thread: serves the faults the handler posts on `chan`, one at a
+    /// time (so that several threads faulting on one page cause one fetch: the later
+    /// ones find the page valid).
     pub(crate) fn fault_loop(self: Arc<Self>, chan: Arc<FaultChannel>, pipe: OwnedFd) {
-        while let Some(msg) = fault::read_msg(&pipe) {
-            if msg == fault::STOP {
+        while let Some(slot) = fault::read_msg(&pipe) {
+            if slot == fault::STOP {
                 break;
             }
-            let Some((addr, kind)) = chan.request(msg) else {
+            let Some((addr, kind)) = chan.request(slot) else {
                 continue;
             };
             let r = self.resolve(addr, kind);
@@ -423,7 +425,7 @@ impl Shared {
                     self.geo.me
                 );
             }
-            chan.complete(msg, r.is_ok());
+            chan.complete(slot, r.is_ok());
         }
     }
 
