@@ -223,7 +223,10 @@ fn halo(world: &Communicator, _w: &Window) -> Result<(), Box<dyn std::error::Err
         }
     }
     if me == 0 && !slow.is_empty() {
-        println!("# fence halo: {} of {iters} iterations over 2 ms: {slow:?} ms", slow.len());
+        println!(
+            "# fence halo: {} of {iters} iterations over 2 ms: {slow:?} ms",
+            slow.len()
+        );
     }
     results.push(("halo stencil: fence", t.elapsed(), a[0]));
     // PSCW

@@ -8,6 +8,10 @@
 //! the origin sent before has been applied. Replies go to a tag chosen per call
 //! (so that several threads of a rank may wait at once) and start with a status byte
 //! (0 = ok, then data; 1 = error, then a UTF-8 reason).
+//!
+//! Small requests that need no answer (put, accumulate) are aggregated per target
+//! into one [`Kind::Batch`] message of at most [`BATCH_MAX`] bytes, shipped before any
+//! other request to that target (so order is kept) or when full.
 
 use crate::error::{Result, WinError};
 
@@ -25,6 +29,10 @@ pub(crate) const TAG_BARRIER: i32 = 16;
 pub(crate) const TAG_REPLY0: i32 = 1024;
 
 pub(crate) const HDR: usize = 48;
+
+/// Largest aggregated message (below the runtime's 64 KiB eager limit, so shipping a
+/// batch never waits for the target).
+pub(crate) const BATCH_MAX: usize = 32 * 1024;
 
 /// Request kinds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +64,9 @@ pub(crate) enum Kind {
     GetPage,
     /// Stop the service thread (only from the same rank).
     Stop,
+    /// Several fire-and-forget requests in one message: each is a little-endian u64
+    /// length then a whole request (header and payload).
+    Batch,
 }
 
 impl Kind {
@@ -75,6 +86,7 @@ impl Kind {
             Diff,
             GetPage,
             Stop,
+            Batch,
         ]
         .get((v as usize).wrapping_sub(1))
         .copied()

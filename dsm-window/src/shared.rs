@@ -12,7 +12,7 @@ use dsmpi_runtime::{Communicator, ANY_SOURCE};
 use crate::element::{apply, kind_size, ElemKind, Op};
 use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, FaultKind};
-use crate::proto::{self, Header, Kind, TAG_REPLY0, TAG_REQ};
+use crate::proto::{self, Header, Kind, BATCH_MAX, HDR, TAG_REPLY0, TAG_REQ};
 use crate::segment::{Prot, Segment};
 use crate::Layout;
 
@@ -156,6 +156,8 @@ pub(crate) struct Shared {
     /// Replies to this rank's own requests, by reply tag (they never touch the wire).
     mailbox: Mutex<HashMap<i32, Vec<u8>>>,
     mail: Condvar,
+    /// Aggregated fire-and-forget requests, per target.
+    batches: Vec<Mutex<Vec<u8>>>,
 }
 
 /// The service's own state.
@@ -203,7 +205,9 @@ fn diff_runs(cur: &[u8], twin: &[u8]) -> Vec<(usize, usize)> {
 
 impl Shared {
     pub(crate) fn new(comm: Communicator, seg: Segment, geo: Geometry, state: Vec<u8>) -> Self {
+        let batches = (0..geo.n).map(|_| Mutex::new(Vec::new())).collect();
         Shared {
+            batches,
             comm,
             seg,
             geo,
@@ -243,13 +247,45 @@ impl Shared {
         .serve(self.geo.me, hdr, payload);
     }
 
-    /// Sends a request and does not wait.
+    /// Sends a request and does not wait. Small requests without a reply are
+    /// aggregated (see [`proto::BATCH_MAX`]); anything else first ships what is
+    /// aggregated for the target, under the same lock, so that order is kept.
     pub(crate) fn send(&self, target: usize, hdr: Header, payload: &[u8]) -> Result<()> {
         if target == self.geo.me && hdr.kind != Kind::Stop {
             self.serve_here(hdr, payload);
             return Ok(());
         }
-        self.comm.send(&hdr.encode(payload), target, TAG_REQ)?;
+        let msg = hdr.encode(payload);
+        let Some(slot) = self.batches.get(target) else {
+            return Err(WinError::RankOutOfRange {
+                rank: target,
+                size: self.geo.n,
+            });
+        };
+        let mut batch = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let small = hdr.reply == 0 && hdr.kind != Kind::Stop && msg.len() <= BATCH_MAX / 4;
+        if small && HDR + batch.len() + 8 + msg.len() <= BATCH_MAX {
+            batch.extend_from_slice(&(msg.len() as u64).to_le_bytes());
+            batch.extend_from_slice(&msg);
+            return Ok(());
+        }
+        self.ship(target, &mut batch)?;
+        if small {
+            batch.extend_from_slice(&(msg.len() as u64).to_le_bytes());
+            batch.extend_from_slice(&msg);
+            return Ok(());
+        }
+        self.comm.send(&msg, target, TAG_REQ)?;
+        Ok(())
+    }
+
+    /// Sends what is aggregated for `target`, if anything.
+    fn ship(&self, target: usize, batch: &mut Vec<u8>) -> Result<()> {
+        if !batch.is_empty() {
+            let hdr = Header::new(Kind::Batch, 0, batch.len());
+            self.comm.send(&hdr.encode(batch), target, TAG_REQ)?;
+            batch.clear();
+        }
         Ok(())
     }
 
@@ -712,6 +748,23 @@ impl Service<'_> {
                 let mut out = vec![0u8; g.page];
                 self.sh.seg.read(off, &mut out)?;
                 Ok(Some(out))
+            }
+            Kind::Batch => {
+                let mut b = payload;
+                let bad = || WinError::Protocol("malformed batch".into());
+                while !b.is_empty() {
+                    let len = proto::u64_at(b, 0).ok_or_else(bad)? as usize;
+                    let msg = b
+                        .get(8..8usize.checked_add(len).ok_or_else(bad)?)
+                        .ok_or_else(bad)?;
+                    let (sub, p) = Header::decode(msg)?;
+                    if matches!(sub.kind, Kind::Batch | Kind::Stop) || sub.reply != 0 {
+                        return Err(bad());
+                    }
+                    self.serve(src, sub, p);
+                    b = &b[8 + len..];
+                }
+                Ok(None)
             }
             Kind::Stop => Err(WinError::Protocol(format!(
                 "stop request from another rank ({src})"
