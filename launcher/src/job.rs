@@ -185,10 +185,16 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         timeout_at: cfg.timeout.map(|t| started + t),
         drain_until: None,
         output_closed: false,
+        vanished: None,
+        reaped: vec![false; cfg.np as usize],
+        awaiting: None,
     };
     let result = job.event_loop();
     // Whatever happened, nothing of the job outlives the launcher.
     job.agent.sweep();
+    if let Some(r) = job.awaiting.take() {
+        job.report_failure(&r, None);
+    }
     job.flush_partial_lines();
     result?;
     Ok(exit_code(job.cause.as_ref()))
@@ -243,6 +249,13 @@ struct Job<'a> {
     drain_until: Option<Instant>,
     /// Whether the launcher closed the ranks' pipes of a stream it cannot write.
     output_closed: bool,
+    /// The first rank a peer reported lost (links closed without finalize).
+    vanished: Option<u32>,
+    /// Per world rank: reaped yet.
+    reaped: Vec<bool>,
+    /// A failure that came after `vanished` disappeared: the job waits for the
+    /// vanished rank's own status before it says which rank failed.
+    awaiting: Option<Reaped>,
 }
 
 impl Job<'_> {
@@ -263,7 +276,15 @@ impl Job<'_> {
                     return Ok(());
                 }
             }
-            for (src, ready) in self.wait(now)? {
+            let mut ready = self.wait(now)?;
+            // PMI first: a rank reports a vanished peer before it fails itself, and
+            // the report must be read before that failure's SIGCHLD is.
+            ready.sort_by_key(|(src, _)| match src {
+                Source::Pmi(_) => 0,
+                Source::Pipe(_) => 1,
+                Source::Signals => 2,
+            });
+            for (src, ready) in ready {
                 match src {
                     Source::Signals => self.on_signals(),
                     Source::Pmi(src) => {
@@ -376,6 +397,28 @@ impl Job<'_> {
     }
 
     fn on_reaped(&mut self, r: Reaped) {
+        if let Some(slot) = self.reaped.get_mut(r.rank as usize) {
+            *slot = true;
+        }
+        if self.vanished == Some(r.rank) {
+            if let Some(first) = self.awaiting.take() {
+                // The rank whose disappearance started it all: its own status tells
+                // the story, unless it left quietly or was stopped by the launcher.
+                let quiet = matches!(
+                    r.exit,
+                    RankExit::Code(0)
+                        | RankExit::Signal(libc::SIGTERM)
+                        | RankExit::Signal(libc::SIGKILL)
+                );
+                let blamed = if quiet { first } else { r };
+                self.report_failure(&blamed, Some(r.rank).filter(|_| quiet));
+                self.cause = Some(ExitCause::RankFailed {
+                    rank: blamed.rank,
+                    exit: blamed.exit,
+                });
+                return;
+            }
+        }
         if self.cause.is_some() || r.exit.is_success() {
             return;
         }
@@ -384,20 +427,37 @@ impl Job<'_> {
             // `yes` in `yes | head`, not a failure of the job.
             return;
         }
-        report(format_args!(
-            "rank {} (pid {}) on {} {}",
-            r.rank,
-            r.pid,
-            self.agent.host(),
-            r.exit
-        ));
-        self.stop(
-            ExitCause::RankFailed {
-                rank: r.rank,
-                exit: r.exit,
-            },
-            Signal::SIGTERM,
-        );
+        let exit = r.exit;
+        let rank = r.rank;
+        match self.vanished {
+            Some(v) if v != rank && !self.reaped.get(v as usize).copied().unwrap_or(true) => {
+                // This rank most likely failed because `v` vanished: stop the job now,
+                // but name the culprit once its status is known (within the grace).
+                self.awaiting = Some(r);
+            }
+            _ => self.report_failure(&r, None),
+        }
+        self.stop(ExitCause::RankFailed { rank, exit }, Signal::SIGTERM);
+    }
+
+    /// The one line that says which rank failed, where and how.
+    fn report_failure(&self, r: &Reaped, vanished_first: Option<u32>) {
+        match vanished_first {
+            None => report(format_args!(
+                "rank {} (pid {}) on {} {}",
+                r.rank,
+                r.pid,
+                self.agent.host(),
+                r.exit
+            )),
+            Some(v) => report(format_args!(
+                "rank {} (pid {}) on {} {} after rank {v} left the job without finalizing",
+                r.rank,
+                r.pid,
+                self.agent.host(),
+                r.exit
+            )),
+        }
     }
 
     fn on_pmi(&mut self, event: PmiEvent) {
@@ -414,6 +474,11 @@ impl Job<'_> {
                 if self.cause.is_none() {
                     report(format_args!("rank {rank} (pid {pid}) aborted: {msg}"));
                     self.stop(ExitCause::Aborted { rank, code }, Signal::SIGTERM);
+                }
+            }
+            PmiEvent::PeerLost { peer, .. } => {
+                if self.cause.is_none() && self.vanished.is_none() {
+                    self.vanished = Some(peer);
                 }
             }
             // Recorded by the server; nothing for the job to do.

@@ -31,6 +31,13 @@ pub enum PmiEvent {
         /// World rank.
         rank: u32,
     },
+    /// A rank reports that `peer` vanished: its links closed without finalize.
+    PeerLost {
+        /// World rank of the reporter.
+        rank: u32,
+        /// World rank that vanished.
+        peer: u32,
+    },
     /// A rank asked to end the job.
     Abort {
         /// World rank.
@@ -269,9 +276,19 @@ impl PmiServer {
                 });
                 Ok(())
             }
-            (Some(mine), PmiMsg::Finalize { rank } | PmiMsg::Abort { rank, .. }) => {
-                Err(format!("rank {mine}'s link spoke for rank {rank}"))
+            (Some(mine), PmiMsg::PeerLost { rank, peer }) if rank == mine => {
+                if peer as usize >= self.hellos.len() {
+                    return Err(format!("rank {mine} reported unknown rank {peer} lost"));
+                }
+                events.push(PmiEvent::PeerLost { rank, peer });
+                Ok(())
             }
+            (
+                Some(mine),
+                PmiMsg::Finalize { rank }
+                | PmiMsg::Abort { rank, .. }
+                | PmiMsg::PeerLost { rank, .. },
+            ) => Err(format!("rank {mine}'s link spoke for rank {rank}")),
             (Some(_), other) => Err(format!("unexpected {} after Hello", op_name(&other))),
         }
     }
@@ -336,6 +353,7 @@ fn op_name(msg: &PmiMsg) -> &'static str {
         PmiMsg::Table(_) => "Table",
         PmiMsg::Finalize { .. } => "Finalize",
         PmiMsg::Abort { .. } => "Abort",
+        PmiMsg::PeerLost { .. } => "PeerLost",
     }
 }
 

@@ -6,7 +6,9 @@
 //! `Hello` (token, rank, pid, host, the address of its own mesh listener), and receives
 //! the `Table` of every rank's address once all ranks have said hello. It keeps the
 //! link open: `Finalize` tells the launcher the rank finished cleanly, `Abort` asks it
-//! to end the whole job with a message. A program that is not a dsmpi program never
+//! to end the whole job with a message, and `PeerLost` reports that another rank's
+//! links closed without a goodbye — so that when one rank dies and its peers fail in
+//! turn, the launcher blames the rank that died first, not the first to exit. A program that is not a dsmpi program never
 //! connects; the launcher runs it all the same (`dsmexec hostname`).
 //!
 //! Frames are `u32` big-endian length, then a one-byte opcode, then fields; integers are
@@ -143,12 +145,20 @@ pub enum PmiMsg {
         /// Why, for the user.
         msg: String,
     },
+    /// Rank → launcher: `peer` vanished (its links closed without finalize).
+    PeerLost {
+        /// World rank of the reporter.
+        rank: u32,
+        /// World rank that vanished.
+        peer: u32,
+    },
 }
 
 const OP_HELLO: u8 = 1;
 const OP_TABLE: u8 = 2;
 const OP_FINALIZE: u8 = 3;
 const OP_ABORT: u8 = 4;
+const OP_PEER_LOST: u8 = 5;
 
 fn put_u32(v: &mut Vec<u8>, x: u32) {
     v.extend_from_slice(&x.to_be_bytes());
@@ -222,6 +232,11 @@ impl PmiMsg {
                 put_u32(&mut v, *code as u32);
                 put_str(&mut v, msg);
             }
+            PmiMsg::PeerLost { rank, peer } => {
+                v.push(OP_PEER_LOST);
+                put_u32(&mut v, *rank);
+                put_u32(&mut v, *peer);
+            }
         }
         let len = (v.len() - 4) as u32;
         v[..4].copy_from_slice(&len.to_be_bytes());
@@ -260,6 +275,10 @@ impl PmiMsg {
                 rank: c.u32()?,
                 code: c.u32()? as i32,
                 msg: c.string()?,
+            },
+            OP_PEER_LOST => PmiMsg::PeerLost {
+                rank: c.u32()?,
+                peer: c.u32()?,
             },
             other => return Err(bad(&format!("unknown PMI opcode {other}"))),
         };
@@ -375,6 +394,7 @@ mod tests {
                 code: -3,
                 msg: "boom".into(),
             },
+            PmiMsg::PeerLost { rank: 4, peer: 2 },
         ];
         let mut bytes = Vec::new();
         for m in &msgs {

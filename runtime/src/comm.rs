@@ -352,7 +352,7 @@ impl Communicator {
         let id = unsafe { t.irecv(src, self.inner.ctx, tag, target)? };
         let c = t.wait(id).map_err(|e| self.localize(e))?;
         let st = self.status_of(c.status);
-        if st.bytes % std::mem::size_of::<T>().max(1) != 0 {
+        if !st.bytes.is_multiple_of(std::mem::size_of::<T>().max(1)) {
             return Err(Error::ElementSize {
                 bytes: st.bytes,
                 elem: std::mem::size_of::<T>(),
@@ -391,7 +391,7 @@ impl Communicator {
         let st = self.status_of(c.status);
         let bytes = c.data.unwrap_or_default();
         let elem = std::mem::size_of::<T>();
-        if elem == 0 || bytes.len() % elem != 0 {
+        if elem == 0 || !bytes.len().is_multiple_of(elem) {
             return Err(Error::ElementSize {
                 bytes: bytes.len(),
                 elem,

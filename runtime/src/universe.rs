@@ -218,6 +218,19 @@ fn init_inner() -> Result<Universe> {
         cfg,
         Some(OwnedFd::from(listener)),
     )?;
+    if let Ok(report) = pmi.try_clone() {
+        // Tell the launcher who vanished first, so that it blames that rank and not
+        // the first of its peers to exit because of it.
+        let report = Mutex::new(report);
+        engine.on_peer_lost(Box::new(move |peer| {
+            let msg = PmiMsg::PeerLost {
+                rank: rank as u32,
+                peer: peer as u32,
+            };
+            let mut s = report.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = s.write_all(&msg.encode());
+        }));
+    }
     Ok(Universe::assemble(
         Arc::new(engine),
         Some(pmi),

@@ -223,7 +223,7 @@ fn wait_any_returns_each_request_once() {
     on_all(4, |w| {
         let me = w.rank();
         if me == 0 {
-            let mut bufs = vec![[0u64; 2]; 3];
+            let mut bufs = [[0u64; 2]; 3];
             scope(|s| {
                 let mut reqs = Vec::new();
                 for (i, b) in bufs.iter_mut().enumerate() {

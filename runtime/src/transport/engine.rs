@@ -280,6 +280,19 @@ pub struct Engine {
     cv: Condvar,
     poll: Poller,
     listener: Option<OwnedFd>,
+    /// Told (once, under the lock) the first time a peer vanishes without goodbye.
+    on_peer_lost: std::sync::OnceLock<Hook>,
+}
+
+/// A callback for the first peer lost; see [`Engine::on_peer_lost`].
+pub type PeerLostHook = Box<dyn Fn(usize) + Send + Sync>;
+
+struct Hook(PeerLostHook);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerLostHook")
+    }
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -355,7 +368,15 @@ impl Engine {
             cv: Condvar::new(),
             poll,
             listener,
+            on_peer_lost: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Registers `hook` to be called with the world rank of the first peer that
+    /// vanishes (links closed without finalize). The runtime uses it to tell the
+    /// launcher who died first. Only the first registration counts.
+    pub fn on_peer_lost(&self, hook: PeerLostHook) {
+        let _ = self.on_peer_lost.set(Hook(hook));
     }
 
     /// The engine's tunables.
@@ -565,10 +586,9 @@ impl Engine {
                     match e.kind() {
                         io::ErrorKind::Interrupted => continue,
                         io::ErrorKind::WouldBlock => {
-                            if !peer.want_out {
-                                if self.poll.modify(peer.raw, p as u64, true).is_ok() {
-                                    peer.want_out = true;
-                                }
+                            if !peer.want_out && self.poll.modify(peer.raw, p as u64, true).is_ok()
+                            {
+                                peer.want_out = true;
                             }
                             break;
                         }
@@ -976,6 +996,9 @@ impl Engine {
         peer.rx = Rx::header();
         if st.first_lost.is_none() && !st.peers[p].bye_recvd {
             st.first_lost = Some(p);
+            if let Some(hook) = self.on_peer_lost.get() {
+                (hook.0)(p);
+            }
         }
         let err = self.lost_error(st, p);
         let any_fails = !st.peers[p].bye_recvd;

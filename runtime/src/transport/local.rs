@@ -13,12 +13,10 @@ use crate::error::{Error, Result};
 pub fn socketpair_mesh(n: usize) -> Result<Vec<Vec<Option<OwnedFd>>>> {
     let mut mesh: Vec<Vec<Option<OwnedFd>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    for i in 0..n {
-        for j in i + 1..n {
-            let (a, b) = UnixStream::pair().map_err(|e| Error::io("creating a socket pair", e))?;
-            mesh[i][j] = Some(OwnedFd::from(a));
-            mesh[j][i] = Some(OwnedFd::from(b));
-        }
+    for (i, j) in (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))) {
+        let (a, b) = UnixStream::pair().map_err(|e| Error::io("creating a socket pair", e))?;
+        mesh[i][j] = Some(OwnedFd::from(a));
+        mesh[j][i] = Some(OwnedFd::from(b));
     }
     Ok(mesh)
 }
