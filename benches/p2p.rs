@@ -29,7 +29,8 @@ fn on_mesh(iters: u64, body: impl Fn(&Communicator, u64) + Sync) -> Duration {
         // Warm up the links (and the rendezvous path) before timing.
         body(&w, 3);
         let mut b = [0u8];
-        w.sendrecv(&[0u8], 1 - w.rank(), 99, &mut b, 1 - w.rank(), 99).expect("sync");
+        w.sendrecv(&[0u8], 1 - w.rank(), 99, &mut b, 1 - w.rank(), 99)
+            .expect("sync");
         let t = Instant::now();
         body(&w, iters);
         t.elapsed()
@@ -74,7 +75,11 @@ fn spin_write(s: &mut TcpStream, buf: &[u8]) {
 }
 
 /// Runs `a` and `b` on the two ends of a raw connection; returns `a`'s time.
-fn on_raw(iters: u64, a: impl Fn(&mut TcpStream, u64) + Sync, b: impl Fn(&mut TcpStream, u64) + Sync) -> Duration {
+fn on_raw(
+    iters: u64,
+    a: impl Fn(&mut TcpStream, u64) + Sync,
+    b: impl Fn(&mut TcpStream, u64) + Sync,
+) -> Duration {
     let (mut sa, mut sb) = raw_pair();
     let bar = Barrier::new(2);
     std::thread::scope(|s| {
@@ -146,7 +151,10 @@ fn bandwidth(c: &mut Criterion) {
                 for _ in 0..n {
                     if w.rank() == 0 {
                         scope(|s| {
-                            let reqs = src.chunks(MIB).map(|c| w.isend(s, c, 1, 1).expect("isend")).collect();
+                            let reqs = src
+                                .chunks(MIB)
+                                .map(|c| w.isend(s, c, 1, 1).expect("isend"))
+                                .collect();
                             wait_all(reqs).expect("wait");
                         });
                         let mut ack = [0u8];
@@ -154,7 +162,10 @@ fn bandwidth(c: &mut Criterion) {
                     } else {
                         let mut d = dst.lock().expect("dst");
                         scope(|s| {
-                            let reqs = d.chunks_mut(MIB).map(|c| w.irecv_into(s, c, 0, 1).expect("irecv")).collect();
+                            let reqs = d
+                                .chunks_mut(MIB)
+                                .map(|c| w.irecv_into(s, c, 0, 1).expect("irecv"))
+                                .collect();
                             wait_all(reqs).expect("wait");
                         });
                         w.send(&[1u8], 0, 2).expect("ack");
@@ -201,14 +212,20 @@ fn rate(c: &mut Criterion) {
                 for _ in 0..n {
                     if w.rank() == 0 {
                         scope(|s| {
-                            let reqs = out.iter().map(|m| w.isend(s, m, 1, 3).expect("isend")).collect();
+                            let reqs = out
+                                .iter()
+                                .map(|m| w.isend(s, m, 1, 3).expect("isend"))
+                                .collect();
                             wait_all(reqs).expect("wait");
                         });
                         let mut ack = [0u8];
                         w.recv_into(&mut ack, 1, 4).expect("ack");
                     } else {
                         scope(|s| {
-                            let reqs = inb.iter_mut().map(|m| w.irecv_into(s, m, 0, 3).expect("irecv")).collect();
+                            let reqs = inb
+                                .iter_mut()
+                                .map(|m| w.irecv_into(s, m, 0, 3).expect("irecv"))
+                                .collect();
                             wait_all(reqs).expect("wait");
                         });
                         w.send(&[1u8], 0, 4).expect("ack");

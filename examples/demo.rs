@@ -14,8 +14,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = dsmpi::init()?;
     let world = universe.world();
     let (me, n) = (world.rank(), world.size());
-    let intervals: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(50_000_000);
-    println!("rank {me} of {n} on {} (pid {})", world.processor_name(), std::process::id());
+    let intervals: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(50_000_000);
+    println!(
+        "rank {me} of {n} on {} (pid {})",
+        world.processor_name(),
+        std::process::id()
+    );
 
     // π by the midpoint rule, the intervals dealt round-robin.
     let h = 1.0 / intervals as f64;
@@ -57,7 +65,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if me == 0 {
         let want = 2 * (n as u64) * (n as u64 - 1) / 2;
-        println!("ring token = {} (expected {want}); job took {:.3} s", token[0], t0.elapsed().as_secs_f64());
+        println!(
+            "ring token = {} (expected {want}); job took {:.3} s",
+            token[0],
+            t0.elapsed().as_secs_f64()
+        );
         if token[0] != want {
             return Err("ring token is wrong".into());
         }

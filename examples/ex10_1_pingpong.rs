@@ -6,12 +6,14 @@
 
 use std::time::Instant;
 
-
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = dsmpi::init()?;
     let world = universe.world();
-    let iters: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1000);
+    let iters: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1000);
     if world.size() < 2 {
         println!("ping-pong needs 2 ranks (run it with dsmexec -n 2); nothing to do");
         return Ok(());

@@ -49,7 +49,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         wait_all(vec![w, r])?;
         Ok(())
     })?;
-    if inb.iter().enumerate().any(|(i, &x)| x != (peer as u64) << 32 | i as u64) {
+    if inb
+        .iter()
+        .enumerate()
+        .any(|(i, &x)| x != (peer as u64) << 32 | i as u64)
+    {
         return Err("simultaneous exchange: wrong data".into());
     }
     println!("rank {me}: simultaneous exchange of {} bytes ok", n * 8);

@@ -3,12 +3,14 @@
 //! Rank 0 starts the token at 0; every rank adds its rank number and passes it on.
 //! After `laps` laps rank 0 checks the sum. `dsmexec -n 5 target/debug/examples/ex10_3_ring [LAPS]`
 
-
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = dsmpi::init()?;
     let world = universe.world();
-    let laps: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let laps: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
     let (me, n) = (world.rank(), world.size());
     let next = (me + 1) % n;
     let prev = (me + n - 1) % n;
@@ -27,7 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if me == 0 {
         let expected = laps * (n as u64 * (n as u64 - 1) / 2);
         if token[0] != expected {
-            return Err(format!("token {} after {laps} laps, expected {expected}", token[0]).into());
+            return Err(
+                format!("token {} after {laps} laps, expected {expected}", token[0]).into(),
+            );
         }
         println!("ring of {n} ranks ok: {laps} laps, token {}", token[0]);
     }
