@@ -473,25 +473,86 @@ impl Shared {
             let (msg, st) = match self.comm.recv_vec::<u8>(ANY_SOURCE, TAG_REQ) {
                 Ok(x) => x,
                 Err(e) => {
-                    *self.service_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.into());
+                    let e = WinError::from(e);
+                    eprintln!(
+                        "dsmpi-window: rank {}: the window can no longer serve requests: {e}",
+                        self.geo.me
+                    );
+                    self.degraded(&e);
+                    *self.service_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     return;
                 }
             };
             let src = st.source();
-            match Header::decode(&msg) {
-                Ok((h, _)) if h.kind == Kind::Stop && src == self.geo.me => return,
-                Ok((h, payload)) => {
-                    let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
-                    Service {
-                        sh: &self,
-                        st: &mut st,
-                    }
-                    .serve(src, h, payload)
+            if self.dispatch(src, &msg) {
+                return;
+            }
+        }
+    }
+
+    /// Serves one request message; true when it is this rank's stop request.
+    fn dispatch(&self, src: usize, msg: &[u8]) -> bool {
+        match Header::decode(msg) {
+            Ok((h, _)) if h.kind == Kind::Stop && src == self.geo.me => return true,
+            Ok((h, payload)) => {
+                let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
+                Service {
+                    sh: self,
+                    st: &mut st,
                 }
-                Err(e) => eprintln!(
-                    "dsmpi-window: rank {}: bad request from rank {src}: {e}",
-                    self.geo.me
-                ),
+                .serve(src, h, payload)
+            }
+            Err(e) => eprintln!(
+                "dsmpi-window: rank {}: bad request from rank {src}: {e}",
+                self.geo.me
+            ),
+        }
+        false
+    }
+
+    /// After a peer was lost (receives from any source fail from then on): answers
+    /// every waiting lock request, and every later request, with an error, so that no
+    /// rank hangs on this one, until this rank stops the window.
+    fn degraded(&self, why: &WinError) {
+        let reason = format!("rank {} cannot serve: {why}", self.geo.me);
+        let fail = |src: usize, tag: i32| {
+            if tag != 0 {
+                let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
+                Service {
+                    sh: self,
+                    st: &mut st,
+                }
+                .reply(src, tag, &proto::err_reply(&reason));
+            }
+        };
+        let waiting: Vec<(usize, i32)> = {
+            let mut st = self.svc.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w: Vec<(usize, i32)> =
+                st.lock.queue.drain(..).map(|(s, t, _)| (s, t)).collect();
+            w.extend(st.ranges.queue.drain(..).map(|q| (q.0, q.1)));
+            w
+        };
+        for (src, tag) in waiting {
+            fail(src, tag);
+        }
+        loop {
+            let mut idle = true;
+            for r in 0..self.geo.n {
+                // Lost peers fail here and are skipped.
+                if let Ok(Some(_)) = self.comm.iprobe(r, TAG_REQ) {
+                    idle = false;
+                    let Ok((msg, _)) = self.comm.recv_vec::<u8>(r, TAG_REQ) else {
+                        continue;
+                    };
+                    match Header::decode(&msg) {
+                        Ok((h, _)) if h.kind == Kind::Stop && r == self.geo.me => return,
+                        Ok((h, _)) => fail(r, h.reply),
+                        Err(_) => {}
+                    }
+                }
+            }
+            if idle {
+                std::thread::sleep(std::time::Duration::from_millis(2));
             }
         }
     }

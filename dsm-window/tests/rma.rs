@@ -275,3 +275,33 @@ fn many_operations_on_self() {
     })
     .unwrap();
 }
+
+#[test]
+fn rank_dying_with_a_lock_fails_the_waiters_instead_of_hanging() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WAITER_FAILED: AtomicBool = AtomicBool::new(false);
+    let r = std::panic::catch_unwind(|| {
+        run_local(3, |world| {
+            let win = Window::allocate(&world, 8).unwrap();
+            match world.rank() {
+                1 => {
+                    win.lock(LockType::Exclusive, 0).unwrap();
+                    world.send(&[1u8], 2, 0).unwrap();
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    panic!("rank 1 dies holding rank 0's lock (expected by the test)");
+                }
+                2 => {
+                    let mut go = [0u8];
+                    world.recv_into(&mut go, 1, 0).unwrap();
+                    let r = win.lock(LockType::Exclusive, 0);
+                    WAITER_FAILED.store(r.is_err(), Ordering::SeqCst);
+                }
+                _ => {
+                    let _ = win.fence();
+                }
+            }
+        })
+    });
+    assert!(r.is_err(), "the panic of rank 1 is resumed");
+    assert!(WAITER_FAILED.load(Ordering::SeqCst));
+}
