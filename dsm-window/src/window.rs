@@ -281,10 +281,13 @@ impl Window {
         Ok((off, len))
     }
 
+    /// The pending flags (a poisoned lock still holds valid flags).
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn mark_pending(&self, target: usize) {
-        if let Ok(mut p) = self.pending.lock() {
-            p[target] = true;
-        }
+        self.pending()[target] = true;
     }
 
     /// Writes `origin` into `target`'s region at element displacement `disp` (in
@@ -425,10 +428,7 @@ impl Window {
     }
 
     fn flush_rma(&self, target: usize) -> Result<()> {
-        let was = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            std::mem::replace(&mut p[target], false)
-        };
+        let was = { std::mem::replace(&mut self.pending()[target], false) };
         if was {
             self.sh.call(target, Header::new(Kind::Flush, 0, 0), &[])?;
         }
@@ -439,7 +439,7 @@ impl Window {
     pub fn flush_all(&self) -> Result<()> {
         self.sh.release()?;
         let targets: Vec<usize> = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self.pending();
             let t = (0..p.len()).filter(|&r| p[r]).collect();
             p.iter_mut().for_each(|x| *x = false);
             t
@@ -490,9 +490,7 @@ impl Window {
     pub fn unlock(&self, target: usize) -> Result<()> {
         self.check_rank(target)?;
         self.sh.release()?;
-        if let Ok(mut p) = self.pending.lock() {
-            p[target] = false;
-        }
+        self.pending()[target] = false;
         // Served after everything this rank sent before: the acknowledgement completes
         // them all.
         self.sh.call(target, Header::new(Kind::Unlock, 0, 0), &[])?;
@@ -512,9 +510,7 @@ impl Window {
     /// Releases the locks of [`lock_all`](Self::lock_all).
     pub fn unlock_all(&self) -> Result<()> {
         self.sh.release()?;
-        if let Ok(mut p) = self.pending.lock() {
-            p.iter_mut().for_each(|x| *x = false);
-        }
+        self.pending().iter_mut().for_each(|x| *x = false);
         for r in 0..self.size() {
             self.sh.call(r, Header::new(Kind::Unlock, 0, 0), &[])?;
         }
