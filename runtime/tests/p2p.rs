@@ -393,3 +393,26 @@ fn a_panicking_rank_fails_its_peers_instead_of_hanging_them() {
         assert_eq!(text, "rank 1 fails on purpose");
     }
 }
+
+#[test]
+fn a_send_to_self_wakes_a_thread_blocked_on_its_receive() {
+    on_all(2, |w| {
+        let me = w.rank();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wr = w.clone();
+        std::thread::spawn(move || {
+            let mut x = [0u32];
+            let r = wr.recv_into(&mut x, ANY_SOURCE, 11).map(|_| x[0]);
+            let _ = tx.send(r);
+        });
+        // Let the receiver block (spin, then sleep in epoll) before the self-send.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        w.send(&[me as u32 + 40], me, 11).unwrap();
+        // Without a wake-up the receiver would sleep forever: a generous bound turns
+        // that into a failure instead of a hang.
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the receiver was never woken");
+        assert_eq!(got.unwrap(), me as u32 + 40);
+    });
+}

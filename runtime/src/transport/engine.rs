@@ -1066,6 +1066,13 @@ impl Engine {
                 self.flush_peer(st, p);
             }
         }
+        self.wake_waiters(st);
+        Ok(())
+    }
+
+    /// Wakes the threads that may be waiting for requests completed since the last
+    /// call: sleepers on the condition variable and the one asleep in `epoll_wait`.
+    fn wake_waiters(&self, st: &mut State) {
         if st.completed > 0 {
             st.completed = 0;
             if st.waiters > 0 {
@@ -1075,7 +1082,6 @@ impl Engine {
                 self.poll.wake();
             }
         }
-        Ok(())
     }
 
     /// Accepts and drops a connection that arrived after start-up.
@@ -1127,7 +1133,9 @@ impl Engine {
             if !st.poller_busy {
                 st.poller_busy = true;
                 drop(st);
-                let r = self.poll.wait(&mut events, 1000);
+                // No timeout: every event that can end this wait (a frame, a completion by
+                // another thread, a send to self, a queued frame, teardown) wakes it.
+                let r = self.poll.wait(&mut events, -1);
                 st = self.lock();
                 st.poller_busy = false;
                 // Hand the poller role (and any completion) to the sleepers.
@@ -1139,7 +1147,7 @@ impl Engine {
                 st.waiters += 1;
                 st = self
                     .cv
-                    .wait_timeout(st, Duration::from_millis(50))
+                    .wait_timeout(st, Duration::from_millis(1000))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 st.waiters -= 1;
@@ -1259,7 +1267,9 @@ impl Transport for Engine {
             }
             st.reqs
                 .insert(id, Req::Done(Ok(Completion { status, data: None })));
+            // The message may have completed a receive another thread sleeps on.
             st.completed += 1;
+            self.wake_waiters(&mut st);
             return Ok(id);
         }
         if st.peers[dest].lost.is_some() {
@@ -1283,6 +1293,11 @@ impl Transport for Engine {
                     len,
                 },
             );
+        }
+        if st.poller_busy {
+            // The sleeping poller flushes the queued frame even if this thread never
+            // waits for the request (an eager send is already complete).
+            self.poll.wake();
         }
         Ok(id)
     }
