@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytemuck::Pod;
 
 use crate::error::{Error, Result};
-use crate::request::{Request, Scope};
+use crate::request::{OwnedRequest, Request, Scope};
 use crate::transport::{Completion, RawStatus, RecvTarget, Transport};
 use crate::{Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
@@ -497,6 +497,52 @@ impl Communicator {
                 .irecv(src, self.inner.ctx, tag, target)?
         };
         Ok(Request::new(scope, self.clone(), id))
+    }
+
+    /// Starts sending `buf`, which the request owns until [`OwnedRequest::wait`]
+    /// gives it back. Needs no scope.
+    pub fn isend_owned<T: Pod>(
+        &self,
+        buf: Vec<T>,
+        dest: usize,
+        tag: Tag,
+    ) -> Result<OwnedRequest<T>> {
+        check_tag(tag)?;
+        let dest = self.dest_world(dest)?;
+        let bytes: &[u8] = bytemuck::cast_slice(&buf);
+        // SAFETY: the heap block of `buf` moves into the request (moving a Vec does not
+        // move its heap block) and is freed only after the transport completed the
+        // send: `wait` and `Drop` wait first, and a leaked request leaks the block.
+        let id = unsafe {
+            self.inner
+                .transport
+                .isend(dest, self.inner.ctx, tag, bytes.as_ptr(), bytes.len())?
+        };
+        Ok(OwnedRequest::new(self.clone(), id, buf))
+    }
+
+    /// Starts receiving into `buf` (up to its length), which the request owns until
+    /// [`OwnedRequest::wait`] gives it back. Needs no scope.
+    pub fn irecv_owned<T: Pod>(
+        &self,
+        mut buf: Vec<T>,
+        source: usize,
+        tag: Tag,
+    ) -> Result<OwnedRequest<T>> {
+        let tag = check_recv_tag(tag)?;
+        let src = self.source_world(source)?;
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        let target = RecvTarget::Buffer {
+            ptr: bytes.as_mut_ptr(),
+            cap: bytes.len(),
+        };
+        // SAFETY: as in `isend_owned`: the heap block outlives the request's use of it.
+        let id = unsafe {
+            self.inner
+                .transport
+                .irecv(src, self.inner.ctx, tag, target)?
+        };
+        Ok(OwnedRequest::new(self.clone(), id, buf))
     }
 
     /// rsmpi-style handle on one rank of this communicator.

@@ -41,7 +41,7 @@ pub mod universe;
 
 pub use comm::{Communicator, Process, Status};
 pub use error::{Error, Result};
-pub use request::{scope, wait_all, wait_any, Request, Scope};
+pub use request::{scope, wait_all, wait_any, OwnedRequest, Request, Scope};
 pub use universe::{hostname, init, run_local, run_local_with, LocalBackend, Universe};
 
 /// A message tag. User tags are `0..=TAG_UB`; negative tags are the runtime's own.

@@ -196,3 +196,78 @@ pub fn wait_any(reqs: &mut Vec<Request<'_>>) -> Result<(usize, Status)> {
     let c = res.map_err(|e| r.comm.localize(e))?;
     Ok((i, r.comm.status_of(c.status)))
 }
+
+/// A non-blocking operation that owns its buffer: it needs no [`Scope`], and `wait`
+/// hands the buffer back. Leaking it leaks the buffer (never a dangling borrow),
+/// which is what makes it safe without a scope.
+///
+/// This is the tool for pipelines that reuse a few buffers, e.g. packing the next
+/// piece of a message while the previous one is on the wire:
+///
+/// ```
+/// dsmpi_runtime::run_local(2, |world| {
+///     if world.rank() == 0 {
+///         let mut bufs = vec![vec![0u8; 1 << 18], vec![0u8; 1 << 18]];
+///         let mut inflight = std::collections::VecDeque::new();
+///         for piece in 0..6u8 {
+///             let mut b = if bufs.is_empty() {
+///                 let r: dsmpi_runtime::OwnedRequest<u8> = inflight.pop_front().unwrap();
+///                 r.wait().unwrap().0
+///             } else {
+///                 bufs.pop().unwrap()
+///             };
+///             b.fill(piece);
+///             inflight.push_back(world.isend_owned(b, 1, 0).unwrap());
+///         }
+///         for r in inflight {
+///             r.wait().unwrap();
+///         }
+///     } else {
+///         for piece in 0..6u8 {
+///             let (v, _) = world.recv_vec::<u8>(0, 0).unwrap();
+///             assert!(v.iter().all(|&x| x == piece));
+///         }
+///     }
+/// })
+/// .unwrap();
+/// ```
+pub struct OwnedRequest<T: bytemuck::Pod> {
+    comm: Communicator,
+    id: ReqId,
+    buf: Option<Vec<T>>,
+}
+
+impl<T: bytemuck::Pod> std::fmt::Debug for OwnedRequest<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OwnedRequest({}, done: {})", self.id, self.buf.is_none())
+    }
+}
+
+impl<T: bytemuck::Pod> OwnedRequest<T> {
+    pub(crate) fn new(comm: Communicator, id: ReqId, buf: Vec<T>) -> OwnedRequest<T> {
+        OwnedRequest {
+            comm,
+            id,
+            buf: Some(buf),
+        }
+    }
+
+    /// Blocks until the operation completes; returns the buffer and the status.
+    /// For a receive, the buffer holds the message in its first
+    /// `status.count::<T>()` elements (its length is unchanged).
+    pub fn wait(mut self) -> Result<(Vec<T>, Status)> {
+        let r = self.comm.transport().wait(self.id);
+        let buf = self.buf.take().unwrap_or_default();
+        let c = r.map_err(|e| self.comm.localize(e))?;
+        Ok((buf, self.comm.status_of(c.status)))
+    }
+}
+
+impl<T: bytemuck::Pod> Drop for OwnedRequest<T> {
+    fn drop(&mut self) {
+        if self.buf.is_some() {
+            // The transport may still use the buffer: free it only once it is done.
+            let _ = self.comm.transport().wait(self.id);
+        }
+    }
+}

@@ -155,11 +155,46 @@ struct Run {
     count: usize,
 }
 
+/// `n` segments of `len` bytes, the k-th at byte `disp + k × stride`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StridedRun {
+    pub(crate) disp: isize,
+    pub(crate) len: usize,
+    pub(crate) stride: isize,
+    pub(crate) n: usize,
+}
+
+/// Folds consecutive segments of one length at a constant distance into runs.
+fn strided_runs(segs: &[(isize, usize)]) -> Vec<StridedRun> {
+    let mut runs: Vec<StridedRun> = Vec::new();
+    for &(disp, len) in segs.iter().filter(|s| s.1 > 0) {
+        if let Some(r) = runs.last_mut() {
+            if r.len == len && (r.n == 1 || disp == r.disp + r.n as isize * r.stride) {
+                if r.n == 1 {
+                    r.stride = disp - r.disp;
+                }
+                r.n += 1;
+                continue;
+            }
+        }
+        runs.push(StridedRun {
+            disp,
+            len,
+            stride: 0,
+            n: 1,
+        });
+    }
+    runs
+}
+
 /// What [`Datatype::commit`] computes once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Committed {
     /// Byte segments (displacement, length) in type-map order, adjacent ones merged.
     segs: Vec<(isize, usize)>,
+    /// The same segments as strided runs, what packing walks: a column of a matrix
+    /// is one run instead of one segment per row.
+    strided: Vec<StridedRun>,
     /// Run-length type signature, adjacent equal kinds merged.
     sig: Vec<(Primitive, usize)>,
     /// Bytes of data in one element.
@@ -434,6 +469,7 @@ impl Datatype {
         }
         let size = segs.iter().map(|s| s.1).sum();
         self.committed = Some(Committed {
+            strided: strided_runs(&segs),
             segs,
             sig,
             size,

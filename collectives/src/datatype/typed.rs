@@ -3,10 +3,13 @@
 //! Point-to-point protocol (on the user's communicator and tag): a 32-byte header
 //! (magic, packed length S, piece size P, signature hash), then ⌈S/P⌉ pieces. A
 //! sender whose data is contiguous sends it as one piece straight from its buffer; a
-//! non-contiguous sender packs [`CHUNK_BYTES`] at a time into one reused buffer, so a
-//! large strided send never allocates a copy of the whole message. The receiver
+//! non-contiguous sender packs [`CHUNK_BYTES`] at a time into two buffers it takes
+//! turns with: while one piece is on the wire (a rendezvous, so straight from the
+//! buffer, no second copy), the next is packed. A large strided send therefore costs
+//! one packing copy and never allocates a copy of the whole message. The receiver
 //! checks the signature hash against its own type's, then receives the pieces straight
-//! into place (contiguous receive type) or into one piece-sized buffer it unpacks.
+//! into place (contiguous receive type, all pieces posted at once) or, two at a time,
+//! into piece buffers it unpacks while the next piece arrives.
 //!
 //! Typed collectives pack each block, append the signature hash of the block, run the
 //! byte-level algorithm chosen by the decision function, and check and unpack at the
@@ -18,13 +21,16 @@ use dsmpi_runtime::{Communicator, Tag};
 use super::{signature_hash, Cursor, Datatype};
 use crate::bcast::{self, Bcast};
 use crate::error::{Error, Result};
-use crate::util::recv_exact;
+use crate::util::expect_bytes;
 use crate::{alltoall, gather, scatter};
 
-/// Size of the pieces a non-contiguous send is packed into: the runtime's eager limit,
-/// so each piece completes as soon as it is handed over and its buffer is reused at
-/// once (measured against 16 KiB and 256 KiB in `docs/COLLECTIVES.md`).
-pub const CHUNK_BYTES: usize = 64 * 1024;
+/// Size of the pieces a non-contiguous send is packed into: above the runtime's eager
+/// limit (64 KiB), so a piece goes from the packing buffer to the socket without the
+/// eager path's copy; two pieces in flight hide the rendezvous round trip.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Pieces of one typed message in flight at once (double buffering).
+const PIPELINE_DEPTH: usize = 2;
 
 const MAGIC: u64 = 0x4453_4d50_4954_5950;
 
@@ -190,15 +196,31 @@ impl TypedCommunication for Communicator {
         if contiguous {
             return Ok(self.send(&bytes[span], dest, tag)?);
         }
-        let mut out = vec![0u8; piece.min(total)];
+        let mut spare: Vec<Vec<u8>> = (0..PIPELINE_DEPTH)
+            .map(|_| vec![0u8; piece.min(total)])
+            .collect();
+        let mut inflight = std::collections::VecDeque::with_capacity(PIPELINE_DEPTH);
         let mut cur = Cursor::new();
         loop {
+            let mut out = match spare.pop() {
+                Some(b) => b,
+                None => match inflight.pop_front() {
+                    Some(r) => dsmpi_runtime::OwnedRequest::wait(r)?.0,
+                    None => break,
+                },
+            };
             let n = dtype.pack_into(bytes, count, &mut cur, &mut out)?;
             if n == 0 {
-                return Ok(());
+                break;
             }
-            self.send(&out[..n], dest, tag)?;
+            // Only the last piece is short.
+            out.truncate(n);
+            inflight.push_back(self.isend_owned(out, dest, tag)?);
         }
+        for r in inflight {
+            r.wait()?;
+        }
+        Ok(())
     }
 
     fn recv_typed<T: Pod>(
@@ -254,20 +276,41 @@ impl TypedCommunication for Communicator {
             return Ok(status);
         }
         if dtype.is_contiguous(count) {
+            // Post every piece at once, so each rendezvous is answered on arrival.
             let dst = &mut bytes[span.start..span.start + total];
-            for p in dst.chunks_mut(piece) {
-                recv_exact(self, "recv_typed", p, src, tag)?;
-            }
+            dsmpi_runtime::scope(|sc| -> Result<()> {
+                let mut reqs = Vec::with_capacity(pieces);
+                let mut sizes = Vec::with_capacity(pieces);
+                for p in dst.chunks_mut(piece) {
+                    sizes.push(p.len());
+                    reqs.push(self.irecv_into(sc, p, src, tag)?);
+                }
+                for (st, want) in dsmpi_runtime::wait_all(reqs)?.iter().zip(sizes) {
+                    expect_bytes("recv_typed", st.bytes(), want, src)?;
+                }
+                Ok(())
+            })?;
             return Ok(status);
         }
-        let mut tmp = vec![0u8; piece.min(total)];
+        // Two pieces in flight: unpack one while the next arrives.
         let mut cur = Cursor::new();
-        let mut left = total;
-        while left > 0 {
-            let n = piece.min(left);
-            recv_exact(self, "recv_typed", &mut tmp[..n], src, tag)?;
-            dtype.unpack_from(&tmp[..n], bytes, count, &mut cur)?;
-            left -= n;
+        let mut posted = std::collections::VecDeque::with_capacity(PIPELINE_DEPTH);
+        let mut next_piece = 0;
+        let piece_len = |i: usize| piece.min(total - i * piece);
+        while next_piece < pieces && posted.len() < PIPELINE_DEPTH {
+            let buf = vec![0u8; piece_len(next_piece)];
+            posted.push_back((next_piece, self.irecv_owned(buf, src, tag)?));
+            next_piece += 1;
+        }
+        while let Some((i, req)) = posted.pop_front() {
+            let (mut buf, st) = req.wait()?;
+            expect_bytes("recv_typed", st.bytes(), piece_len(i), src)?;
+            dtype.unpack_from(&buf, bytes, count, &mut cur)?;
+            if next_piece < pieces {
+                buf.truncate(piece_len(next_piece));
+                posted.push_back((next_piece, self.irecv_owned(buf, src, tag)?));
+                next_piece += 1;
+            }
         }
         Ok(status)
     }
