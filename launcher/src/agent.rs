@@ -16,10 +16,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 
 use dsmpi_runtime::bootstrap::{
-    ENV_HOSTNAME, ENV_LOCAL_RANK, ENV_LOCAL_SIZE, ENV_PMI_ADDR, ENV_RANK, ENV_SIZE, ENV_TOKEN,
+    ENV_BIND_ADDR, ENV_HOSTNAME, ENV_LOCAL_RANK, ENV_LOCAL_SIZE, ENV_PMI_ADDR, ENV_RANK, ENV_SIZE,
+    ENV_TOKEN,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -113,6 +114,26 @@ pub struct LaunchSpec {
     pub token_hex: String,
     /// This host's name, as ranks will see it in `DSMPI_HOSTNAME`.
     pub host: String,
+    /// Extra environment for every rank (`-x`), set after the inherited one.
+    pub env: Vec<(OsString, OsString)>,
+    /// Working directory of the ranks (`--wdir`); `None` keeps the launcher's.
+    pub wdir: Option<PathBuf>,
+    /// `DSMPI_BIND_ADDR` for the ranks, when the PMI address's IP is not one the
+    /// other hosts can reach this host at.
+    pub bind_addr: Option<String>,
+    /// Where world rank 0's stdin comes from, if it runs here.
+    pub rank0_stdin: StdinMode,
+}
+
+/// Where world rank 0 reads its input from (every other rank reads `/dev/null`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdinMode {
+    /// The launcher's own stdin (single host: no copy in between).
+    Inherit,
+    /// A pipe the launcher writes to ([`Agent::take_stdin`]): relayed input.
+    Pipe,
+    /// `/dev/null`.
+    Null,
 }
 
 /// How a rank ended, as `waitpid(2)` reported it.
@@ -205,6 +226,8 @@ pub struct Agent {
     host: String,
     ranks: Vec<LocalRank>,
     swept: bool,
+    /// Rank 0's stdin pipe with [`StdinMode::Pipe`], until taken.
+    stdin: Option<ChildStdin>,
 }
 
 impl Agent {
@@ -215,14 +238,16 @@ impl Agent {
     /// rank 0 only (the others read `/dev/null`, so they cannot steal rank 0's input).
     /// If any rank fails to start, the ones already started are killed.
     ///
-    /// Known limit: rank 0 is not in the terminal's foreground process group, so if
-    /// stdin is a terminal, reading it stops rank 0 with SIGTTIN. Relaying stdin
-    /// through the launcher (as multi-host launch will need anyway) lifts that.
+    /// Known limit with [`StdinMode::Inherit`]: rank 0 is not in the terminal's
+    /// foreground process group, so if stdin is a terminal, reading it stops rank 0
+    /// with SIGTTIN. [`StdinMode::Pipe`] (used when rank 0 is on another host) does
+    /// not have that limit.
     pub fn spawn(spec: &LaunchSpec, ranks: &[u32]) -> Result<Agent, LaunchError> {
         let mut agent = Agent {
             host: spec.host.clone(),
             ranks: Vec::with_capacity(ranks.len()),
             swept: false,
+            stdin: None,
         };
         let local_size = ranks.len().to_string();
         let world_size = spec.world_size.to_string();
@@ -238,16 +263,23 @@ impl Agent {
                 .env(ENV_PMI_ADDR, &spec.pmi_addr)
                 .env(ENV_TOKEN, &spec.token_hex)
                 .env(ENV_HOSTNAME, &spec.host)
-                .stdin(if rank == 0 {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
+                .envs(spec.env.iter().map(|(k, v)| (k, v)))
+                .stdin(match (rank, spec.rank0_stdin) {
+                    (0, StdinMode::Inherit) => Stdio::inherit(),
+                    (0, StdinMode::Pipe) => Stdio::piped(),
+                    _ => Stdio::null(),
                 })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 // setpgid(0, 0) in the child, before exec: a signal to the group
                 // reaches everything the rank starts.
                 .process_group(0);
+            if let Some(bind) = &spec.bind_addr {
+                cmd.env(ENV_BIND_ADDR, bind);
+            }
+            if let Some(dir) = &spec.wdir {
+                cmd.current_dir(dir);
+            }
             // SAFETY: the closure runs in the forked child of this single-threaded
             // launcher and only makes async-signal-safe system calls; it allocates
             // nothing and touches no lock.
@@ -266,6 +298,9 @@ impl Agent {
                 },
                 _ => LaunchError::os(format!("start rank {rank}"), e),
             })?;
+            if let Some(stdin) = child.stdin.take() {
+                agent.stdin = Some(stdin);
+            }
             let pid = Pid::from_raw(child.id() as libc::pid_t);
             agent.ranks.push(LocalRank {
                 rank,
@@ -282,6 +317,21 @@ impl Agent {
     /// This host's name.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Rank 0's stdin pipe, once, if it runs here with [`StdinMode::Pipe`].
+    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
+        self.stdin.take()
+    }
+
+    /// `(world rank, pid)` of every rank, in local-rank order.
+    pub fn pids(&self) -> Vec<(u32, Pid)> {
+        self.ranks.iter().map(|r| (r.rank, r.pid)).collect()
+    }
+
+    /// The pid of `rank`, if it runs here.
+    pub fn pid_of(&self, rank: u32) -> Option<Pid> {
+        self.ranks.iter().find(|r| r.rank == rank).map(|r| r.pid)
     }
 
     /// Collects every rank that has ended since the last call, without blocking.
@@ -463,7 +513,7 @@ fn try_wait(pid: Pid) -> Option<RankExit> {
 /// process. Dispositions the launcher inherited as "ignored" (e.g. SIGHUP under
 /// `nohup`) are deliberately kept, as any shell would; only what the launcher itself
 /// changed is undone.
-fn prepare_child(launcher: Pid) -> io::Result<()> {
+pub(crate) fn prepare_child(launcher: Pid) -> io::Result<()> {
     // SAFETY: prctl, getppid, signal and sigprocmask are async-signal-safe; the sigset
     // lives on this stack frame.
     unsafe {

@@ -11,6 +11,7 @@ use clap::error::ErrorKind;
 use clap::Parser;
 
 use crate::error::LaunchError;
+use crate::hostfile::MapBy;
 
 /// Default grace period between the polite signal and SIGKILL, in milliseconds.
 pub const DEFAULT_GRACE_MS: u64 = 1000;
@@ -24,14 +25,75 @@ pub const DEFAULT_GRACE_MS: u64 = 1000;
     override_usage = "dsmexec [OPTIONS] -n <N> PROGRAM [ARGS]..."
 )]
 pub struct Cli {
-    /// Number of ranks to start. Defaults to 1, like `mpirun` with one slot.
-    #[arg(short = 'n', long = "np", value_name = "N", default_value_t = 1,
-          value_parser = parse_np)]
-    pub np: u32,
+    /// Number of ranks to start. Defaults to every slot of the hosts given, or 1.
+    #[arg(short = 'n', long = "np", value_name = "N", value_parser = parse_np)]
+    pub np: Option<u32>,
 
-    /// Prefix every output line with `[RANK] `.
+    /// Prefix every output line with `[RANK] ` (one host) or `[HOST:RANK] `.
     #[arg(long)]
     pub tag_output: bool,
+
+    /// Hosts to run on, one per line: `host`, `host:N`, or `host slots=N max_slots=M`.
+    #[arg(
+        short = 'f',
+        long = "hostfile",
+        alias = "machinefile",
+        value_name = "FILE"
+    )]
+    pub hostfile: Option<std::path::PathBuf>,
+
+    /// Hosts to run on, comma-separated, each `name` or `name:slots`.
+    #[arg(short = 'H', long = "host", value_name = "LIST")]
+    pub host: Option<String>,
+
+    /// Fill each host's slots in turn (`slot`) or deal ranks round-robin (`node`).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = MapBy::Slot)]
+    pub map_by: MapBy,
+
+    /// Allow more ranks than slots (never more than a host's `max_slots`).
+    #[arg(long)]
+    pub oversubscribe: bool,
+
+    /// Print which host each rank runs on before starting.
+    #[arg(long)]
+    pub display_map: bool,
+
+    /// Command that runs a command on a host: HOST and the command are appended.
+    /// Defaults to `$DSMPI_LAUNCH_AGENT`, else `ssh` (or `srun` inside Slurm).
+    #[arg(long, value_name = "CMD")]
+    pub launch_agent: Option<String>,
+
+    /// Forward an environment variable to every rank (`VAR` or `VAR=value`).
+    #[arg(short = 'x', value_name = "VAR[=VALUE]")]
+    pub export: Vec<String>,
+
+    /// Working directory of the ranks on every host.
+    #[arg(long, value_name = "DIR")]
+    pub wdir: Option<std::path::PathBuf>,
+
+    /// Send the program to hosts that do not have it.
+    #[arg(long)]
+    pub ship: bool,
+
+    /// Write each rank's stdout and stderr to DIR/rank.N.stdout|stderr instead.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<std::path::PathBuf>,
+
+    /// Seconds of silence after which a host counts as lost (fractions allowed).
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_timeout)]
+    pub heartbeat_timeout: Duration,
+
+    /// Seconds a host may take to answer and start its ranks.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
+    pub connect_timeout: Duration,
+
+    /// Hosts being connected to at once, at most (sshd's MaxStartups is 10).
+    #[arg(long, value_name = "K", default_value_t = 8, value_parser = parse_np)]
+    pub launch_fanout: u32,
+
+    /// Path of `dsmwrap` on the remote hosts (default: next to this dsmexec).
+    #[arg(long, value_name = "PATH")]
+    pub wrap: Option<String>,
 
     /// Milliseconds between the polite signal and SIGKILL when the job is stopped.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_GRACE_MS)]
@@ -150,11 +212,11 @@ mod tests {
             "--np",
             "x",
         ]);
-        assert_eq!(cli.np, 3);
+        assert_eq!(cli.np, Some(3));
         assert!(cli.tag_output);
         assert_eq!(cli.command, ["ls", "-l", "--np", "x"]);
         let cli = run(&["dsmexec", "--np=2", "prog", "-n", "5"]);
-        assert_eq!(cli.np, 2);
+        assert_eq!(cli.np, Some(2));
         assert_eq!(cli.command, ["prog", "-n", "5"]);
         // `--` lets a program name start with a dash.
         let cli = run(&["dsmexec", "--", "-odd", "-n"]);
@@ -164,7 +226,9 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = run(&["dsmexec", "true"]);
-        assert_eq!(cli.np, 1);
+        assert_eq!(cli.np, None);
+        assert_eq!(cli.map_by, MapBy::Slot);
+        assert_eq!(cli.heartbeat_timeout, Duration::from_secs(3));
         assert!(!cli.tag_output);
         assert_eq!(cli.grace(), Duration::from_millis(DEFAULT_GRACE_MS));
         assert_eq!(cli.timeout, None);
@@ -197,6 +261,31 @@ mod tests {
         assert!(usage(&["dsmexec", "-n", "0", "true"]).contains("at least 1"));
         assert!(usage(&["dsmexec", "-n", "2"]).contains("PROGRAM"));
         assert!(usage(&["dsmexec", "--bogus", "true"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn multi_host_options() {
+        let cli = run(&[
+            "dsmexec",
+            "-f",
+            "hosts",
+            "--map-by",
+            "node",
+            "-x",
+            "A",
+            "-x",
+            "B=1",
+            "--ship",
+            "--launch-agent",
+            "ssh -p 2222",
+            "prog",
+        ]);
+        assert_eq!(cli.hostfile.as_deref(), Some(std::path::Path::new("hosts")));
+        assert_eq!(cli.map_by, MapBy::Node);
+        assert_eq!(cli.export, ["A", "B=1"]);
+        assert!(cli.ship);
+        assert_eq!(cli.launch_agent.as_deref(), Some("ssh -p 2222"));
+        assert!(usage(&["dsmexec", "--map-by", "core", "true"]).contains("core"));
     }
 
     #[test]

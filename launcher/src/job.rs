@@ -7,10 +7,21 @@
 //! happens to them afterwards is its own doing and does not count. Neither does a rank
 //! killed by SIGPIPE after the launcher's own stdout or stderr went away (`dsmexec
 //! ... | head`): as in a shell pipeline, that is how a writer learns its reader left.
+//!
+//! Ranks on this host are started directly ([`Agent`]); every other host gets one
+//! launch agent process (ssh, or srun) running `dsmwrap --daemon` there
+//! ([`crate::daemon`]), at most `--launch-fanout` of them connecting at once. The loop
+//! treats a remote rank like a local one: its output, exit and signals travel over the
+//! host's link. A host whose link ends or falls silent for longer than the heartbeat
+//! bound is lost, and that ends the job like a failed rank.
 
-use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,12 +30,17 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
 
-use crate::agent::{self, Agent, LaunchSpec, PipeId, RankExit, Reaped};
+use crate::agent::{self, Agent, LaunchSpec, PipeId, RankExit, Reaped, StdinMode};
 use crate::cli::Cli;
-use crate::error::LaunchError;
-use crate::output::{self, LineForwarder, Sinks, Stream};
+use crate::error::{LaunchError, EXIT_LAUNCHER_FAILURE};
+use crate::hostfile::{self, HostSlots};
+use crate::output::{self, LineForwarder, Sink, Sinks, Stream};
 use crate::pmi::{PmiEvent, PmiServer, PmiSource};
+use crate::proto::{self, Down, JobSpec, ReadOutcome, Up};
+use crate::remote::{AgentProcess, LaunchAgent};
+use crate::ship;
 
 /// Exit code when `--timeout` expires, as `timeout(1)` uses.
 pub const EXIT_TIMEOUT: i32 = 124;
@@ -34,7 +50,7 @@ pub const EXIT_TIMEOUT: i32 = 124;
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 /// Signals the launcher reads through its signalfd.
-const HANDLED_SIGNALS: [Signal; 7] = [
+const HANDLED_SIGNALS: [Signal; 9] = [
     Signal::SIGCHLD,
     Signal::SIGINT,
     Signal::SIGTERM,
@@ -42,14 +58,27 @@ const HANDLED_SIGNALS: [Signal; 7] = [
     Signal::SIGQUIT,
     Signal::SIGUSR1,
     Signal::SIGUSR2,
+    Signal::SIGTSTP,
+    Signal::SIGCONT,
 ];
+
+/// One host of the job and the world ranks it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPlan {
+    /// The name to reach it by and to show.
+    pub name: String,
+    /// World ranks, in local-rank order.
+    pub ranks: Vec<u32>,
+    /// Whether it is this machine (started directly, no launch agent).
+    pub local: bool,
+}
 
 /// A job ready to run: the command line, checked and with the program resolved.
 #[derive(Debug, Clone)]
 pub struct JobConfig {
     /// Number of ranks.
     pub np: u32,
-    /// Prefix output lines with `[rank] `.
+    /// Prefix output lines with `[rank] ` (one host) or `[host:rank] `.
     pub tag_output: bool,
     /// Time between the polite signal and SIGKILL.
     pub grace: Duration,
@@ -57,31 +86,184 @@ pub struct JobConfig {
     pub timeout: Option<Duration>,
     /// The program as the user named it.
     pub argv0: OsString,
-    /// The program's resolved path.
+    /// The program's resolved local path (what this host runs, and what `--ship`
+    /// reads); the name as given when no rank runs here and nothing is shipped.
     pub program: PathBuf,
     /// The program's arguments.
     pub args: Vec<OsString>,
+    /// Where ranks run; hosts without ranks are left out.
+    pub hosts: Vec<HostPlan>,
+    /// `-x` variables, with their values.
+    pub env: Vec<(OsString, OsString)>,
+    /// `--wdir`.
+    pub wdir: Option<PathBuf>,
+    /// `--ship`.
+    pub ship: bool,
+    /// `--output-dir`.
+    pub output_dir: Option<PathBuf>,
+    /// `--display-map`.
+    pub display_map: bool,
+    /// How to reach remote hosts.
+    pub agent: LaunchAgent,
+    /// `dsmwrap`'s path on the remote hosts.
+    pub wrap: String,
+    /// Remote hosts being connected to at once, at most.
+    pub fanout: usize,
+    /// Silence after which a host is lost.
+    pub dead_after: Duration,
+    /// How long a host may take to answer and start its ranks.
+    pub connect_timeout: Duration,
 }
 
 impl JobConfig {
-    /// Checks the parsed command line and finds the program on `PATH`.
+    /// Checks the parsed command line, places the ranks and finds the program.
     pub fn from_cli(cli: Cli) -> Result<JobConfig, LaunchError> {
+        let env_lookup = |k: &str| std::env::var(k).ok();
+        JobConfig::from_cli_with(cli, &env_lookup)
+    }
+
+    /// [`JobConfig::from_cli`] with the environment read through `env`.
+    pub fn from_cli_with(
+        cli: Cli,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<JobConfig, LaunchError> {
         let grace = cli.grace();
+        let usage = |e: hostfile::HostError| LaunchError::Usage(e.to_string());
+        let mut in_slurm = false;
+        let hosts: Option<Vec<HostSlots>> = match (&cli.hostfile, &cli.host) {
+            (Some(_), Some(_)) => {
+                return Err(LaunchError::Usage(
+                    "give --hostfile or --host, not both".into(),
+                ))
+            }
+            (Some(f), None) => Some(hostfile::read_hostfile(f).map_err(usage)?),
+            (None, Some(list)) => Some(hostfile::parse_host_list(list).map_err(usage)?),
+            (None, None) => match hostfile::slurm_hosts(env) {
+                Some(h) => {
+                    in_slurm = true;
+                    Some(h.map_err(usage)?)
+                }
+                None => None,
+            },
+        };
+        let this_host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (np, hosts) = match hosts {
+            None => {
+                // Today's single-host job: this machine takes any number of ranks.
+                let np = cli.np.unwrap_or(1);
+                let plan = HostPlan {
+                    name: this_host.clone(),
+                    ranks: (0..np).collect(),
+                    local: true,
+                };
+                (np, vec![plan])
+            }
+            Some(hosts) => {
+                let total: u64 = hosts.iter().map(|h| u64::from(h.slots)).sum();
+                let np = cli
+                    .np
+                    .unwrap_or_else(|| u32::try_from(total).unwrap_or(u32::MAX));
+                let placed =
+                    hostfile::place(&hosts, np, cli.map_by, cli.oversubscribe).map_err(usage)?;
+                let plans = hosts
+                    .into_iter()
+                    .zip(placed)
+                    .filter(|(_, ranks)| !ranks.is_empty())
+                    .map(|(h, ranks)| HostPlan {
+                        local: is_local(&h.name, &this_host),
+                        name: h.name,
+                        ranks,
+                    })
+                    .collect();
+                (np, plans)
+            }
+        };
         let mut command = cli.command.into_iter();
         let Some(argv0) = command.next() else {
             return Err(LaunchError::Usage("no program given".into()));
         };
-        let program = agent::resolve_program(&argv0, std::env::var_os("PATH").as_deref())?;
+        let runs_here = hosts.iter().any(|h| h.local);
+        let program = if runs_here || cli.ship {
+            agent::resolve_program(&argv0, std::env::var_os("PATH").as_deref())?
+        } else {
+            // Only the remote hosts run it: their PATH decides, not ours.
+            PathBuf::from(&argv0)
+        };
+        let mut exported = Vec::new();
+        for x in &cli.export {
+            let (k, v) = match x.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let v = env(x).ok_or_else(|| {
+                        LaunchError::Usage(format!("-x {x}: {x} is not set here"))
+                    })?;
+                    (x.clone(), v)
+                }
+            };
+            if k.is_empty() || k.starts_with("DSMPI_") && k != "DSMPI_CONNECT_TIMEOUT" {
+                return Err(LaunchError::Usage(format!(
+                    "-x {x}: cannot override the launcher's own variables"
+                )));
+            }
+            exported.push((OsString::from(k), OsString::from(v)));
+        }
+        let agent_cmd = cli
+            .launch_agent
+            .clone()
+            .or_else(|| env("DSMPI_LAUNCH_AGENT"))
+            .unwrap_or_else(|| {
+                if in_slurm {
+                    "srun".into()
+                } else {
+                    // No password prompt can hang a launch; no X11 forwarding.
+                    "ssh -x -o BatchMode=yes".into()
+                }
+            });
+        let wrap = match cli.wrap.clone() {
+            Some(w) => w,
+            None => default_wrap()?,
+        };
         Ok(JobConfig {
-            np: cli.np,
+            np,
             tag_output: cli.tag_output,
             grace,
             timeout: cli.timeout,
             argv0,
             program,
             args: command.collect(),
+            hosts,
+            env: exported,
+            wdir: cli.wdir,
+            ship: cli.ship,
+            output_dir: cli.output_dir,
+            display_map: cli.display_map,
+            agent: LaunchAgent::parse(&agent_cmd)?,
+            wrap,
+            fanout: cli.launch_fanout as usize,
+            dead_after: cli.heartbeat_timeout,
+            connect_timeout: cli.connect_timeout,
         })
     }
+
+    /// Whether any rank runs on another host.
+    pub fn is_multi_host(&self) -> bool {
+        self.hosts.iter().any(|h| !h.local)
+    }
+}
+
+/// Whether `name` means this machine: started directly, without a launch agent.
+pub fn is_local(name: &str, this_host: &str) -> bool {
+    let short = this_host.split('.').next().unwrap_or(this_host);
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+        || (!this_host.is_empty() && (name == this_host || name == short))
+}
+
+/// `dsmwrap` next to the running `dsmexec`: the same install on every host.
+fn default_wrap() -> Result<String, LaunchError> {
+    let exe = std::env::current_exe().map_err(|e| LaunchError::os("find dsmexec's path", e))?;
+    Ok(exe.with_file_name("dsmwrap").to_string_lossy().into_owned())
 }
 
 /// Why a job ended other than by every rank exiting 0. The first cause wins.
@@ -105,6 +287,18 @@ pub enum ExitCause {
     Signaled(i32),
     /// `--timeout` expired.
     TimedOut,
+    /// A host's ranks could not be started (unreachable, refused, no program).
+    LaunchFailed {
+        /// The host.
+        host: String,
+        /// The exit code it calls for (127 no program, 126 not executable, else 1).
+        code: i32,
+    },
+    /// A host vanished while its ranks ran (link closed or silent).
+    HostLost {
+        /// The host.
+        host: String,
+    },
 }
 
 impl ExitCause {
@@ -113,7 +307,7 @@ impl ExitCause {
     /// A failed rank's own code, or `128 + signal`; an abort's requested code, except
     /// that codes a shell cannot see or that would read as success (0, negative,
     /// above 255) become 1; `128 + signal` for a signal to the launcher; 124 for a
-    /// timeout.
+    /// timeout; the daemon's code for a launch failure; 1 for a lost host.
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitCause::RankFailed { exit, .. } => exit.shell_code(),
@@ -126,6 +320,14 @@ impl ExitCause {
             }
             ExitCause::Signaled(sig) => 128 + sig,
             ExitCause::TimedOut => EXIT_TIMEOUT,
+            ExitCause::LaunchFailed { code, .. } => {
+                if (1..=255).contains(code) {
+                    *code
+                } else {
+                    EXIT_LAUNCHER_FAILURE
+                }
+            }
+            ExitCause::HostLost { .. } => EXIT_LAUNCHER_FAILURE,
         }
     }
 }
@@ -133,6 +335,43 @@ impl ExitCause {
 /// The exit code of a finished job: 0 if nothing went wrong.
 pub fn exit_code(cause: Option<&ExitCause>) -> i32 {
     cause.map_or(0, ExitCause::exit_code)
+}
+
+/// Where a remote host is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Not started yet (waiting for a launch slot).
+    Queued,
+    /// The agent runs; waiting for the daemon's hello.
+    Connecting,
+    /// The spec went out; waiting for the ranks to start.
+    Starting,
+    /// The ranks run.
+    Running,
+    /// Nothing more is expected from it.
+    Done,
+}
+
+/// One remote host.
+struct Remote {
+    name: String,
+    ranks: Vec<u32>,
+    phase: Phase,
+    proc: Option<AgentProcess>,
+    /// Last frame (or launch) time, for the heartbeat and connect bounds.
+    last_rx: Instant,
+    last_tx: Instant,
+    /// Output streams still open, counted down by `OutputEnd`.
+    open_streams: usize,
+    /// Per local index: the rank's pid once started, and whether it has ended.
+    pids: Vec<Option<u32>>,
+    ended: Vec<bool>,
+}
+
+impl Remote {
+    fn all_ended(&self) -> bool {
+        self.ended.iter().all(|&e| e)
+    }
 }
 
 /// Runs the job to its end and returns the launcher's exit code.
@@ -144,60 +383,153 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
     // Blocked before any rank exists, so not even the first SIGCHLD can be missed.
     let signals = take_over_signals()?;
     let token = JobToken::random().map_err(|e| LaunchError::os("make a job token", e))?;
-    let pmi = PmiServer::bind(IpAddr::V4(Ipv4Addr::LOCALHOST), token, cfg.np)
-        .map_err(|e| LaunchError::os("open the PMI listener", e))?;
-    let pmi_addr = pmi
-        .local_addr()
-        .map_err(|e| LaunchError::os("open the PMI listener", e))?;
-    let host = nix::unistd::gethostname()
-        .map_err(|e| LaunchError::os("read the host name", e))?
-        .to_string_lossy()
-        .into_owned();
-    let spec = LaunchSpec {
-        argv0: cfg.argv0.clone(),
-        program: cfg.program.clone(),
-        args: cfg.args.clone(),
-        world_size: cfg.np,
-        pmi_addr: pmi_addr.to_string(),
-        token_hex: token.to_hex(),
-        host,
+    let multi = cfg.is_multi_host();
+    // Remote ranks must reach the PMI service from their hosts' network.
+    let bind_ip = if multi {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
     };
-    let ranks: Vec<u32> = (0..cfg.np).collect();
-    let started = Instant::now();
-    let agent = Agent::spawn(&spec, &ranks)?;
+    let pmi = PmiServer::bind(bind_ip, token, cfg.np)
+        .map_err(|e| LaunchError::os("open the PMI listener", e))?;
+    let pmi_port = pmi
+        .local_addr()
+        .map_err(|e| LaunchError::os("open the PMI listener", e))?
+        .port();
+    if cfg.display_map {
+        print_map(cfg);
+    }
+    let mut host_of = vec![String::new(); cfg.np as usize];
+    for h in &cfg.hosts {
+        for &r in &h.ranks {
+            if let Some(slot) = host_of.get_mut(r as usize) {
+                *slot = h.name.clone();
+            }
+        }
+    }
+    let forwarders = (0..cfg.np)
+        .map(|r| {
+            let prefix = match (cfg.tag_output, multi) {
+                (false, _) => Vec::new(),
+                (true, false) => output::tag_prefix(r),
+                (true, true) => format!("[{}:{r}] ", host_of[r as usize]).into_bytes(),
+            };
+            [
+                LineForwarder::with_prefix(prefix.clone()),
+                LineForwarder::with_prefix(prefix),
+            ]
+        })
+        .collect();
+    let files = match &cfg.output_dir {
+        Some(dir) => Some(open_output_files(dir, cfg.np)?),
+        None => None,
+    };
+    let now = Instant::now();
+    let remotes: Vec<Remote> = cfg
+        .hosts
+        .iter()
+        .filter(|h| !h.local)
+        .map(|h| Remote {
+            name: h.name.clone(),
+            ranks: h.ranks.clone(),
+            phase: Phase::Queued,
+            proc: None,
+            last_rx: now,
+            last_tx: now,
+            open_streams: 2 * h.ranks.len(),
+            pids: vec![None; h.ranks.len()],
+            ended: vec![false; h.ranks.len()],
+        })
+        .collect();
+    let rank0_remote = remotes.iter().position(|r| r.ranks.contains(&0));
     let mut job = Job {
         cfg,
-        forwarders: ranks
-            .iter()
-            .map(|&r| {
-                [
-                    LineForwarder::new(r, cfg.tag_output),
-                    LineForwarder::new(r, cfg.tag_output),
-                ]
-            })
-            .collect(),
-        agent,
+        forwarders,
+        files,
+        agent: None,
+        local_started: false,
+        remotes,
+        queue: VecDeque::new(),
         pmi,
+        pmi_port,
+        token,
+        fallback_ip: fallback_ip(),
         signals,
         sinks: Sinks::std(),
         cause: None,
         kill_at: None,
-        timeout_at: cfg.timeout.map(|t| started + t),
+        timeout_at: cfg.timeout.map(|t| now + t),
         drain_until: None,
         output_closed: false,
         vanished: None,
         reaped: vec![false; cfg.np as usize],
         awaiting: None,
+        host_of,
+        rank0_remote,
+        stdin_open: rank0_remote.is_some(),
+        ship_bytes: None,
     };
-    let result = job.event_loop();
+    job.queue = (0..job.remotes.len()).collect();
+    let result = job.run_all();
     // Whatever happened, nothing of the job outlives the launcher.
-    job.agent.sweep();
+    if let Some(agent) = &mut job.agent {
+        agent.sweep();
+    }
+    job.shutdown_remotes();
     if let Some(r) = job.awaiting.take() {
         job.report_failure(&r, None);
     }
     job.flush_partial_lines();
     result?;
     Ok(exit_code(job.cause.as_ref()))
+}
+
+/// `--display-map`: one line per host, on stdout, before anything starts.
+fn print_map(cfg: &JobConfig) {
+    let mut text = String::new();
+    for h in &cfg.hosts {
+        let ranks: Vec<String> = h.ranks.iter().map(u32::to_string).collect();
+        text.push_str(&format!(
+            "dsmexec: map: {}{}: ranks {}\n",
+            h.name,
+            if h.local { " (local)" } else { "" },
+            ranks.join(",")
+        ));
+    }
+    let mut out = Sink::new(std::io::stdout());
+    for line in text.lines() {
+        out.write_line(b"", line.as_bytes());
+    }
+}
+
+/// `DIR/rank.N.stdout` and `DIR/rank.N.stderr` for every rank.
+fn open_output_files(dir: &std::path::Path, np: u32) -> Result<Vec<[Sink<File>; 2]>, LaunchError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LaunchError::os(format!("create {}", dir.display()), e))?;
+    (0..np)
+        .map(|r| {
+            let open = |stream: &str| {
+                let path = dir.join(format!("rank.{r}.{stream}"));
+                File::create(&path)
+                    .map(Sink::new)
+                    .map_err(|e| LaunchError::os(format!("create {}", path.display()), e))
+            };
+            Ok([open("stdout")?, open("stderr")?])
+        })
+        .collect()
+}
+
+/// This host's address for hosts that cannot tell it from their link: the first
+/// non-loopback address its name resolves to, else loopback.
+fn fallback_ip() -> IpAddr {
+    let name = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (name.as_str(), 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.find(|a| !a.ip().is_loopback()))
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
 }
 
 /// Sets the signal dispositions the launcher relies on and returns a signalfd for the
@@ -229,14 +561,33 @@ enum Source {
     Signals,
     Pmi(PmiSource),
     Pipe(PipeId),
+    /// A remote host's link (read side).
+    Link(usize),
+    /// A remote host's link has queued bytes to write.
+    LinkOut(usize),
+    /// A launch agent's stderr.
+    AgentErr(usize),
+    /// dsmexec's own stdin, relayed to a remote rank 0.
+    Stdin,
 }
 
 struct Job<'a> {
     cfg: &'a JobConfig,
-    agent: Agent,
+    /// This host's ranks, once started.
+    agent: Option<Agent>,
+    /// Whether this host's ranks were started (or there are none).
+    local_started: bool,
+    remotes: Vec<Remote>,
+    /// Remote hosts waiting for a launch slot, in order.
+    queue: VecDeque<usize>,
     pmi: PmiServer,
+    pmi_port: u16,
+    token: JobToken,
+    fallback_ip: IpAddr,
     signals: SignalFd,
     sinks: Sinks,
+    /// `--output-dir`: per world rank, stdout and stderr files.
+    files: Option<Vec<[Sink<File>; 2]>>,
     /// Per world rank: stdout and stderr forwarders.
     forwarders: Vec<[LineForwarder; 2]>,
     /// Set by the first thing that goes wrong; never overwritten.
@@ -256,17 +607,64 @@ struct Job<'a> {
     /// A failure that came after `vanished` disappeared: the job waits for the
     /// vanished rank's own status before it says which rank failed.
     awaiting: Option<Reaped>,
+    /// Per world rank: its host's name.
+    host_of: Vec<String>,
+    /// The remote host running rank 0, whose stdin dsmexec relays.
+    rank0_remote: Option<usize>,
+    /// Whether dsmexec's stdin is still being relayed.
+    stdin_open: bool,
+    /// The program's bytes for `--ship`, read once when a host first asks.
+    ship_bytes: Option<Vec<u8>>,
 }
 
 impl Job<'_> {
+    fn run_all(&mut self) -> Result<(), LaunchError> {
+        if self.remotes.is_empty() {
+            self.start_local(None)?;
+        }
+        self.event_loop()
+    }
+
+    /// Starts this host's ranks. `launcher_ip` is this host's address as the remote
+    /// hosts see it (their ranks must reach ours at it).
+    fn start_local(&mut self, launcher_ip: Option<IpAddr>) -> Result<(), LaunchError> {
+        self.local_started = true;
+        let Some(plan) = self.cfg.hosts.iter().find(|h| h.local) else {
+            return Ok(());
+        };
+        let multi = !self.remotes.is_empty();
+        let ip = launcher_ip.unwrap_or(if multi {
+            self.fallback_ip
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        });
+        let spec = LaunchSpec {
+            argv0: self.cfg.argv0.clone(),
+            program: self.cfg.program.clone(),
+            args: self.cfg.args.clone(),
+            world_size: self.cfg.np,
+            pmi_addr: SocketAddr::new(ip, self.pmi_port).to_string(),
+            token_hex: self.token.to_hex(),
+            host: plan.name.clone(),
+            env: self.cfg.env.clone(),
+            wdir: self.cfg.wdir.clone(),
+            bind_addr: multi.then(|| ip.to_string()),
+            rank0_stdin: StdinMode::Inherit,
+        };
+        self.agent = Some(Agent::spawn(&spec, &plan.ranks)?);
+        Ok(())
+    }
+
     fn event_loop(&mut self) -> Result<(), LaunchError> {
         let mut buf = vec![0u8; output::MAX_LINE];
         let mut pmi_events = Vec::new();
         loop {
             let now = Instant::now();
+            self.launch_more(now);
             self.check_deadlines(now);
-            if self.agent.all_reaped() {
-                if !self.agent.has_open_pipes() {
+            self.check_remotes(now);
+            if self.all_reaped() {
+                if !self.has_open_pipes() {
                     return Ok(());
                 }
                 // Every rank is gone; only something a rank left behind can still
@@ -281,8 +679,8 @@ impl Job<'_> {
             // the report must be read before that failure's SIGCHLD is.
             ready.sort_by_key(|(src, _)| match src {
                 Source::Pmi(_) => 0,
-                Source::Pipe(_) => 1,
-                Source::Signals => 2,
+                Source::Pipe(_) | Source::Link(_) => 1,
+                _ => 2,
             });
             for (src, ready) in ready {
                 match src {
@@ -294,8 +692,150 @@ impl Job<'_> {
                         }
                     }
                     Source::Pipe(id) => self.on_pipe(id, &mut buf),
+                    Source::Link(i) => self.on_link(i)?,
+                    Source::LinkOut(i) => {
+                        if let Some(p) = &mut self.remotes[i].proc {
+                            p.link.flush();
+                        }
+                    }
+                    Source::AgentErr(i) => self.on_agent_stderr(i),
+                    Source::Stdin => self.on_stdin(&mut buf),
                 }
             }
+        }
+    }
+
+    fn all_reaped(&self) -> bool {
+        self.local_started
+            && self.agent.as_ref().is_none_or(Agent::all_reaped)
+            && self
+                .remotes
+                .iter()
+                .all(|r| r.phase == Phase::Done || r.all_ended())
+    }
+
+    fn has_open_pipes(&self) -> bool {
+        self.agent.as_ref().is_some_and(Agent::has_open_pipes)
+            || self
+                .remotes
+                .iter()
+                .any(|r| r.phase != Phase::Done && r.open_streams > 0)
+    }
+
+    /// Starts launch agents while fewer than `fanout` hosts are connecting.
+    fn launch_more(&mut self, now: Instant) {
+        while self.cause.is_none() {
+            let connecting = self
+                .remotes
+                .iter()
+                .filter(|r| matches!(r.phase, Phase::Connecting | Phase::Starting))
+                .count();
+            if connecting >= self.cfg.fanout {
+                return;
+            }
+            let Some(i) = self.queue.pop_front() else {
+                return;
+            };
+            let argv = self
+                .cfg
+                .agent
+                .command(&self.remotes[i].name, &self.cfg.wrap);
+            match AgentProcess::spawn(&argv) {
+                Ok(p) => {
+                    let r = &mut self.remotes[i];
+                    r.proc = Some(p);
+                    r.phase = Phase::Connecting;
+                    r.last_rx = now;
+                }
+                Err(e) => {
+                    let host = self.remotes[i].name.clone();
+                    self.launch_failed(i, 1, &e.to_string());
+                    let _ = host;
+                }
+            }
+        }
+    }
+
+    /// Connect timeouts and heartbeats of the remote hosts.
+    fn check_remotes(&mut self, now: Instant) {
+        for i in 0..self.remotes.len() {
+            let r = &self.remotes[i];
+            let silent = now.saturating_duration_since(r.last_rx);
+            match r.phase {
+                Phase::Connecting | Phase::Starting if silent > self.cfg.connect_timeout => {
+                    let msg = format!(
+                        "no answer within {} s (--connect-timeout)",
+                        self.cfg.connect_timeout.as_secs_f64()
+                    );
+                    self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &msg);
+                }
+                Phase::Running if silent > self.cfg.dead_after => {
+                    let msg = format!(
+                        "no heartbeat for {:.1} s (link cut or host down)",
+                        silent.as_secs_f64()
+                    );
+                    self.host_lost(i, &msg);
+                }
+                Phase::Running if now.saturating_duration_since(r.last_tx) >= self.heartbeat() => {
+                    self.send(i, &Down::Heartbeat);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn heartbeat(&self) -> Duration {
+        (self.cfg.dead_after / 4).max(Duration::from_millis(10))
+    }
+
+    fn send(&mut self, i: usize, msg: &Down) {
+        let r = &mut self.remotes[i];
+        if let Some(p) = &mut r.proc {
+            p.link.send(&msg.encode());
+            r.last_tx = Instant::now();
+        }
+    }
+
+    /// A host could not start its ranks: one line, and the job ends.
+    fn launch_failed(&mut self, i: usize, code: i32, why: &str) {
+        let r = &mut self.remotes[i];
+        r.phase = Phase::Done;
+        if let Some(p) = &mut r.proc {
+            p.kill();
+        }
+        let host = r.name.clone();
+        if self.cause.is_none() {
+            report(format_args!("cannot start ranks on {host}: {why}"));
+            self.stop(ExitCause::LaunchFailed { host, code }, Signal::SIGTERM);
+        }
+    }
+
+    /// A running host vanished: its ranks count as gone, the job ends.
+    fn host_lost(&mut self, i: usize, why: &str) {
+        let r = &mut self.remotes[i];
+        r.phase = Phase::Done;
+        if let Some(p) = &mut r.proc {
+            p.kill();
+        }
+        let host = r.name.clone();
+        let live: Vec<String> = r
+            .ranks
+            .iter()
+            .zip(&r.ended)
+            .filter(|(_, &e)| !e)
+            .map(|(rank, _)| rank.to_string())
+            .collect();
+        for &rank in &r.ranks {
+            if let Some(slot) = self.reaped.get_mut(rank as usize) {
+                *slot = true;
+            }
+        }
+        if self.cause.is_none() && !live.is_empty() {
+            report(format_args!(
+                "lost host {host} (ranks {}): {why}",
+                live.join(",")
+            ));
+            self.stop(ExitCause::HostLost { host }, Signal::SIGTERM);
         }
     }
 
@@ -307,9 +847,39 @@ impl Job<'_> {
             sources.push(Source::Pmi(src));
             fds.push(PollFd::new(fd, flags));
         }
-        for (id, fd) in self.agent.open_pipes() {
-            sources.push(Source::Pipe(id));
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        if let Some(agent) = &self.agent {
+            for (id, fd) in agent.open_pipes() {
+                sources.push(Source::Pipe(id));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        for (i, r) in self.remotes.iter().enumerate() {
+            let Some(p) = &r.proc else { continue };
+            if r.phase == Phase::Done {
+                continue;
+            }
+            if let Some(fd) = p.link.rx_fd() {
+                sources.push(Source::Link(i));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some(fd) = p.link.tx_fd_if_pending() {
+                sources.push(Source::LinkOut(i));
+                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+            }
+            if let Some(fd) = p.stderr_fd() {
+                sources.push(Source::AgentErr(i));
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+        }
+        let stdin = std::io::stdin();
+        if let Some(i) = self.rank0_remote.filter(|_| self.stdin_open) {
+            let r = &self.remotes[i];
+            // Relay only once rank 0 runs, and not faster than its host takes it.
+            let backed_up = r.proc.as_ref().is_none_or(|p| p.link.pending() > 1 << 20);
+            if r.phase == Phase::Running && !backed_up {
+                sources.push(Source::Stdin);
+                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+            }
         }
         match nix::poll::poll(&mut fds, self.poll_timeout(now)) {
             Ok(_) => {}
@@ -327,9 +897,15 @@ impl Job<'_> {
     }
 
     /// Time until the earliest deadline, rounded up to whole milliseconds so the
-    /// loop does not spin just short of it.
+    /// loop does not spin just short of it. With remote hosts, at least every
+    /// heartbeat interval, to send heartbeats and check theirs.
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
-        let next = [self.kill_at, self.timeout_at, self.drain_until]
+        let tick = self
+            .remotes
+            .iter()
+            .any(|r| r.phase != Phase::Done && r.phase != Phase::Queued)
+            .then(|| now + self.heartbeat());
+        let next = [self.kill_at, self.timeout_at, self.drain_until, tick]
             .into_iter()
             .flatten()
             .min();
@@ -356,19 +932,58 @@ impl Job<'_> {
         }
     }
 
+    /// Sends `sig` to every live rank on every host, to its process group (`group`)
+    /// or to the rank's process alone.
+    fn signal_all(&mut self, sig: Signal, group: bool) {
+        if let Some(agent) = &self.agent {
+            if group {
+                agent.signal_groups(sig);
+            } else {
+                agent.signal_processes(sig);
+            }
+        }
+        for i in 0..self.remotes.len() {
+            if self.remotes[i].phase == Phase::Running {
+                self.send(
+                    i,
+                    &Down::Signal {
+                        signo: sig as i32,
+                        group,
+                    },
+                );
+            }
+        }
+    }
+
     /// Makes `cause` the job's cause (unless there already is one) and sends `sig` to
-    /// every live rank, with SIGKILL to follow after the grace period.
+    /// every live rank, with SIGKILL to follow after the grace period. Hosts not yet
+    /// running are told to stop, or never started.
     fn stop(&mut self, cause: ExitCause, sig: Signal) {
         if self.cause.is_some() {
             return;
         }
         self.cause = Some(cause);
-        self.agent.signal_groups(sig);
+        self.signal_all(sig, true);
+        self.queue.clear();
+        for i in 0..self.remotes.len() {
+            match self.remotes[i].phase {
+                Phase::Queued => self.remotes[i].phase = Phase::Done,
+                Phase::Connecting | Phase::Starting => {
+                    self.send(i, &Down::Shutdown);
+                    self.remotes[i].phase = Phase::Done;
+                }
+                _ => {}
+            }
+        }
+        if !self.local_started {
+            // The local ranks never started: nothing of them to wait for.
+            self.local_started = true;
+        }
         self.kill_at = Some(Instant::now() + self.cfg.grace);
     }
 
     fn kill_now(&mut self) {
-        self.agent.signal_groups(Signal::SIGKILL);
+        self.signal_all(Signal::SIGKILL, true);
         self.kill_at = None;
     }
 
@@ -381,7 +996,10 @@ impl Job<'_> {
             };
             match sig {
                 Signal::SIGCHLD => {}
-                Signal::SIGUSR1 | Signal::SIGUSR2 => self.agent.signal_processes(sig),
+                Signal::SIGUSR1 | Signal::SIGUSR2 => self.signal_all(sig, false),
+                // Job control reaches whole ranks; dsmexec itself keeps running so
+                // that heartbeats keep the remote hosts' daemons from giving up.
+                Signal::SIGTSTP | Signal::SIGCONT => self.signal_all(sig, true),
                 _ if self.cause.is_some() => {
                     // A second interrupt, or one while the job is already going down:
                     // the user does not want to wait for the grace period.
@@ -391,8 +1009,9 @@ impl Job<'_> {
             }
         }
         // SIGCHLDs coalesce, so look at every rank whatever the signal was.
-        for reaped in self.agent.reap() {
-            self.on_reaped(reaped);
+        let reaped = self.agent.as_mut().map(Agent::reap).unwrap_or_default();
+        for r in reaped {
+            self.on_reaped(r);
         }
     }
 
@@ -442,20 +1061,18 @@ impl Job<'_> {
 
     /// The one line that says which rank failed, where and how.
     fn report_failure(&self, r: &Reaped, vanished_first: Option<u32>) {
+        let host = self
+            .host_of
+            .get(r.rank as usize)
+            .map_or("?", String::as_str);
         match vanished_first {
             None => report(format_args!(
-                "rank {} (pid {}) on {} {}",
-                r.rank,
-                r.pid,
-                self.agent.host(),
-                r.exit
+                "rank {} (pid {}) on {host} {}",
+                r.rank, r.pid, r.exit
             )),
             Some(v) => report(format_args!(
-                "rank {} (pid {}) on {} {} after rank {v} left the job without finalizing",
-                r.rank,
-                r.pid,
-                self.agent.host(),
-                r.exit
+                "rank {} (pid {}) on {host} {} after rank {v} left the job without finalizing",
+                r.rank, r.pid, r.exit
             )),
         }
     }
@@ -487,26 +1104,50 @@ impl Job<'_> {
     }
 
     fn on_pipe(&mut self, id: PipeId, buf: &mut [u8]) {
-        let data = self.agent.read_pipe(id, buf).map(|n| &buf[..n]);
-        let Some(fwd) = self.forwarders.get_mut(id.rank as usize) else {
-            return;
+        let Some(agent) = &mut self.agent else { return };
+        let data = agent.read_pipe(id, buf).map(|n| &buf[..n]);
+        let failed = self.forward(id.rank, id.stream, data);
+        if let Some(e) = failed {
+            self.output_failed(id.stream, e);
+        }
+    }
+
+    /// Forwards a rank's output (`None`: end of stream) to the terminal or its file.
+    fn forward(&mut self, rank: u32, stream: Stream, data: Option<&[u8]>) -> Option<Errno> {
+        let fwd = self.forwarders.get_mut(rank as usize)?;
+        let k = match stream {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
         };
-        let failed = match (id.stream, data) {
+        if let Some(files) = &mut self.files {
+            let sink = &mut files.get_mut(rank as usize)?[k];
+            // A full disk is reported once per file by the sink closing; the job
+            // goes on (the output is lost, the ranks are not stopped for it).
+            match data {
+                Some(d) => fwd[k].feed(d, sink),
+                None => fwd[k].finish(sink),
+            };
+            return None;
+        }
+        match (stream, data) {
             (Stream::Stdout, Some(d)) => fwd[0].feed(d, &mut self.sinks.stdout),
             (Stream::Stdout, None) => fwd[0].finish(&mut self.sinks.stdout),
             (Stream::Stderr, Some(d)) => fwd[1].feed(d, &mut self.sinks.stderr),
             (Stream::Stderr, None) => fwd[1].finish(&mut self.sinks.stderr),
-        };
-        let Some(e) = failed else {
-            return;
-        };
+        }
+    }
+
+    /// One of dsmexec's own output streams failed.
+    fn output_failed(&mut self, stream: Stream, e: Errno) {
         // Nothing can be forwarded any more: let the ranks find out on their next
         // write, as in a shell pipeline whose reader has gone (`dsmexec ... | head`).
-        self.agent.close_stream(id.stream);
+        if let Some(agent) = &mut self.agent {
+            agent.close_stream(stream);
+        }
         self.output_closed = true;
         // EPIPE is that reader leaving, which needs no explanation.
         if e != Errno::EPIPE {
-            let name = match id.stream {
+            let name = match stream {
                 Stream::Stdout => "stdout",
                 Stream::Stderr => "stderr",
             };
@@ -514,12 +1155,308 @@ impl Job<'_> {
         }
     }
 
+    /// Frames from remote host `i`.
+    fn on_link(&mut self, i: usize) -> Result<(), LaunchError> {
+        let Some(p) = &mut self.remotes[i].proc else {
+            return Ok(());
+        };
+        let (frames, closed) = match p.link.read_frames() {
+            ReadOutcome::Frames(f) => (f, false),
+            ReadOutcome::Closed(f) => (f, true),
+            ReadOutcome::Oversized => (Vec::new(), true),
+        };
+        if !frames.is_empty() {
+            self.remotes[i].last_rx = Instant::now();
+        }
+        for body in frames {
+            match Up::decode(&body) {
+                Ok(msg) => self.on_up(i, msg)?,
+                Err(e) => {
+                    self.host_lost(i, &format!("protocol error: {e}"));
+                    return Ok(());
+                }
+            }
+            if self.remotes[i].phase == Phase::Done {
+                return Ok(());
+            }
+        }
+        if closed {
+            self.link_closed(i);
+        }
+        Ok(())
+    }
+
+    /// The link to host `i` ended.
+    fn link_closed(&mut self, i: usize) {
+        let phase = self.remotes[i].phase;
+        match phase {
+            Phase::Connecting | Phase::Starting => {
+                // The agent failed to connect or the daemon to start: ssh says why on
+                // its stderr, which may still be arriving.
+                let (code, why) = match &mut self.remotes[i].proc {
+                    Some(p) => {
+                        let code = p.collect_failure(Duration::from_secs(2));
+                        let why = if p.last_error.is_empty() {
+                            format!(
+                                "the launch agent exited{} before the bootstrap answered",
+                                code.map(|c| format!(" with code {c}")).unwrap_or_default()
+                            )
+                        } else {
+                            p.last_error.clone()
+                        };
+                        (code, why)
+                    }
+                    None => (None, "no launch agent".to_string()),
+                };
+                let _ = code;
+                self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &why);
+            }
+            Phase::Running => {
+                if self.remotes[i].all_ended() && self.remotes[i].open_streams == 0 {
+                    self.remotes[i].phase = Phase::Done;
+                } else {
+                    self.host_lost(
+                        i,
+                        "its bootstrap closed the link (killed, or its host went down)",
+                    );
+                }
+            }
+            Phase::Queued | Phase::Done => {}
+        }
+    }
+
+    fn on_up(&mut self, i: usize, msg: Up) -> Result<(), LaunchError> {
+        match msg {
+            Up::Hello {
+                version,
+                launcher_ip,
+                ..
+            } => {
+                if version != proto::VERSION {
+                    let why = format!(
+                        "its dsmwrap speaks protocol {version}, this dsmexec {}",
+                        proto::VERSION
+                    );
+                    self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &why);
+                    return Ok(());
+                }
+                let seen: Option<IpAddr> = launcher_ip.parse().ok();
+                if !self.local_started && self.cause.is_none() {
+                    // The first host to answer tells which of our addresses the hosts'
+                    // network knows: our local ranks listen there.
+                    if let Err(e) = self.start_local(seen) {
+                        let code = e.exit_code();
+                        report(format_args!("{e}"));
+                        self.stop(
+                            ExitCause::LaunchFailed {
+                                host: self
+                                    .cfg
+                                    .hosts
+                                    .iter()
+                                    .find(|h| h.local)
+                                    .map_or_else(String::new, |h| h.name.clone()),
+                                code,
+                            },
+                            Signal::SIGTERM,
+                        );
+                        return Ok(());
+                    }
+                }
+                let spec = self.spec_for(i);
+                self.send(i, &Down::Spec(Box::new(spec)));
+                self.remotes[i].phase = Phase::Starting;
+            }
+            Up::NeedProgram => self.ship_to(i)?,
+            Up::Started { pids } => {
+                let r = &mut self.remotes[i];
+                r.phase = Phase::Running;
+                for (rank, pid) in pids {
+                    if let Some(k) = r.ranks.iter().position(|&x| x == rank) {
+                        r.pids[k] = Some(pid);
+                    }
+                }
+                if self.cause.is_some() {
+                    // Started just as the job ended: stop them too.
+                    self.send(i, &Down::Shutdown);
+                }
+            }
+            Up::Output { rank, stream, data } => {
+                let stream = if stream == 2 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
+                if let Some(e) = self.forward(rank, stream, Some(&data)) {
+                    self.output_failed(stream, e);
+                }
+            }
+            Up::OutputEnd { rank, stream } => {
+                let stream = if stream == 2 {
+                    Stream::Stderr
+                } else {
+                    Stream::Stdout
+                };
+                let r = &mut self.remotes[i];
+                r.open_streams = r.open_streams.saturating_sub(1);
+                if let Some(e) = self.forward(rank, stream, None) {
+                    self.output_failed(stream, e);
+                }
+            }
+            Up::RankExit {
+                rank,
+                pid,
+                kind,
+                value,
+            } => {
+                let r = &mut self.remotes[i];
+                if let Some(k) = r.ranks.iter().position(|&x| x == rank) {
+                    r.ended[k] = true;
+                }
+                let exit = match kind {
+                    0 => RankExit::Code(value),
+                    1 => RankExit::Signal(value),
+                    _ => RankExit::Vanished,
+                };
+                self.on_reaped(Reaped {
+                    rank,
+                    pid: Pid::from_raw(pid as i32),
+                    exit,
+                });
+            }
+            Up::Heartbeat => {}
+            Up::Failed { code, msg } => self.launch_failed(i, code, &msg),
+        }
+        Ok(())
+    }
+
+    /// The job spec for remote host `i`.
+    fn spec_for(&self, i: usize) -> JobSpec {
+        let r = &self.remotes[i];
+        let bytes = |s: &OsStr| s.as_bytes().to_vec();
+        JobSpec {
+            token_hex: self.token.to_hex(),
+            pmi_port: self.pmi_port,
+            pmi_ip: self.fallback_ip.to_string(),
+            world_size: self.cfg.np,
+            host: r.name.clone(),
+            ranks: r.ranks.clone(),
+            argv0: bytes(&self.cfg.argv0),
+            // With --ship, the path dsmexec read; otherwise the name the user gave,
+            // looked up on the remote PATH (what `ssh host prog` would do).
+            program: if self.cfg.ship {
+                bytes(self.cfg.program.as_os_str())
+            } else {
+                bytes(&self.cfg.argv0)
+            },
+            args: self.cfg.args.iter().map(|a| bytes(a)).collect(),
+            env: self
+                .cfg
+                .env
+                .iter()
+                .map(|(k, v)| (bytes(k), bytes(v)))
+                .collect(),
+            wdir: self
+                .cfg
+                .wdir
+                .as_ref()
+                .map(|w| bytes(w.as_os_str()))
+                .unwrap_or_default(),
+            ship_hash: if self.cfg.ship {
+                self.ship_hash().unwrap_or_default()
+            } else {
+                String::new()
+            },
+            heartbeat_ms: u32::try_from(self.heartbeat().as_millis()).unwrap_or(u32::MAX),
+            dead_after_ms: u32::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// The shipped program's hash; reads the program on first use.
+    fn ship_hash(&self) -> Option<String> {
+        // Hashing the file again per host is cheap next to ssh; the bytes themselves
+        // are read only when some host asks for them.
+        ship::sha256_file(&self.cfg.program).ok()
+    }
+
+    /// Sends the program to host `i`, which does not have it.
+    fn ship_to(&mut self, i: usize) -> Result<(), LaunchError> {
+        if self.ship_bytes.is_none() {
+            let mut bytes = Vec::new();
+            File::open(&self.cfg.program)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| {
+                    LaunchError::os(format!("read {} to ship it", self.cfg.program.display()), e)
+                })?;
+            self.ship_bytes = Some(bytes);
+        }
+        let chunks: Vec<Vec<u8>> = self
+            .ship_bytes
+            .as_deref()
+            .unwrap_or_default()
+            .chunks(proto::SHIP_CHUNK)
+            .map(<[u8]>::to_vec)
+            .collect();
+        for c in chunks {
+            self.send(i, &Down::ProgramChunk(c));
+        }
+        self.send(i, &Down::ProgramEnd);
+        Ok(())
+    }
+
+    /// Lines the launch agent of host `i` printed (ssh warnings, dsmwrap errors).
+    fn on_agent_stderr(&mut self, i: usize) {
+        let r = &mut self.remotes[i];
+        let Some(p) = &mut r.proc else { return };
+        let lines = p.read_stderr();
+        // Before the daemon answers, they are kept for the failure message instead.
+        if matches!(r.phase, Phase::Running | Phase::Done) {
+            for l in lines.iter().filter(|l| !l.trim().is_empty()) {
+                report(format_args!("{}: {l}", r.name));
+            }
+        }
+    }
+
+    /// dsmexec's stdin became readable: relay it to rank 0's host.
+    fn on_stdin(&mut self, buf: &mut [u8]) {
+        let Some(i) = self.rank0_remote else { return };
+        let n = loop {
+            match nix::unistd::read(libc::STDIN_FILENO, buf) {
+                Ok(n) => break n,
+                Err(Errno::EINTR) => {}
+                Err(_) => break 0,
+            }
+        };
+        if n == 0 {
+            self.stdin_open = false;
+            self.send(i, &Down::StdinEof);
+        } else {
+            let data = buf[..n].to_vec();
+            self.send(i, &Down::Stdin(data));
+        }
+    }
+
+    /// Ends every remote host: tells its daemon to stop, gives the agent a moment to
+    /// exit with it, then SIGKILLs the agent.
+    fn shutdown_remotes(&mut self) {
+        for i in 0..self.remotes.len() {
+            self.send(i, &Down::Shutdown);
+        }
+        for r in &mut self.remotes {
+            if let Some(p) = &mut r.proc {
+                p.link.flush_blocking(Duration::from_millis(200));
+                p.finish(Duration::from_millis(500));
+            }
+        }
+    }
+
     /// Forwards the unfinished last lines of pipes given up on.
     fn flush_partial_lines(&mut self) {
-        self.agent.close_pipes();
-        for [out, err] in &mut self.forwarders {
-            out.finish(&mut self.sinks.stdout);
-            err.finish(&mut self.sinks.stderr);
+        if let Some(agent) = &mut self.agent {
+            agent.close_pipes();
+        }
+        for rank in 0..self.forwarders.len() as u32 {
+            self.forward(rank, Stream::Stdout, None);
+            self.forward(rank, Stream::Stderr, None);
         }
     }
 }
@@ -553,5 +1490,21 @@ mod tests {
         assert_eq!(ExitCause::Signaled(libc::SIGTERM).exit_code(), 143);
         assert_eq!(ExitCause::Signaled(libc::SIGINT).exit_code(), 130);
         assert_eq!(ExitCause::TimedOut.exit_code(), 124);
+        let launch = |code| ExitCause::LaunchFailed {
+            host: "h".into(),
+            code,
+        };
+        assert_eq!(launch(127).exit_code(), 127);
+        assert_eq!(launch(0).exit_code(), 1);
+        assert_eq!(ExitCause::HostLost { host: "h".into() }.exit_code(), 1);
+    }
+
+    #[test]
+    fn local_host_names() {
+        assert!(is_local("localhost", "box.example.org"));
+        assert!(is_local("box", "box.example.org"));
+        assert!(is_local("box.example.org", "box.example.org"));
+        assert!(!is_local("node1", "box.example.org"));
+        assert!(!is_local("", ""));
     }
 }

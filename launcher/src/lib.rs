@@ -11,9 +11,14 @@
 //!
 //! Modules, from the command line inwards:
 //! - [`cli`]: the `dsmexec` command line;
+//! - [`hostfile`]: hostfiles, `--host`, Slurm allocations, rank placement;
 //! - [`job`]: the event loop and the exit-code policy;
-//! - [`agent`]: the ranks of one host (spawn, output pipes, reap, kill), kept apart so
-//!   it can later run inside `dsmwrap` on remote hosts;
+//! - [`remote`]: dsmexec's end of the link to each remote host's daemon;
+//! - [`daemon`]: `dsmwrap --daemon`, the per-host bootstrap a launch agent starts;
+//! - [`proto`]: the framed protocol between the two;
+//! - [`ship`]: `--ship`, the private content-addressed program cache;
+//! - [`agent`]: the ranks of one host (spawn, output pipes, reap, kill), used by
+//!   dsmexec for its own host and by each daemon for its host;
 //! - [`pmi`]: the PMI rendezvous server;
 //! - [`output`]: whole-line output forwarding;
 //! - [`wrap`]: `dsmwrap`'s environment check;
@@ -23,8 +28,13 @@
 
 pub mod agent;
 pub mod cli;
+pub mod daemon;
 pub mod error;
+pub mod hostfile;
 pub mod job;
 pub mod output;
 pub mod pmi;
+pub mod proto;
+pub mod remote;
+pub mod ship;
 pub mod wrap;

@@ -193,6 +193,14 @@ impl LineForwarder {
         }
     }
 
+    /// A forwarder that puts `prefix` before each line (`[host:rank] `, or nothing).
+    pub fn with_prefix(prefix: Vec<u8>) -> LineForwarder {
+        LineForwarder {
+            splitter: LineSplitter::new(MAX_LINE),
+            prefix,
+        }
+    }
+
     /// Forwards the complete lines in `data` to `sink`.
     pub fn feed<F: AsFd>(&mut self, data: &[u8], sink: &mut Sink<F>) -> Option<Errno> {
         let mut failed = None;

@@ -1,9 +1,11 @@
-//! `dsmwrap PROGRAM [ARGS]...`: the per-rank bootstrap.
+//! `dsmwrap PROGRAM [ARGS]...`: the per-rank bootstrap; `dsmwrap --daemon`: the
+//! per-host bootstrap of a multi-host job.
 //!
-//! Checks that the launcher's `DSMPI_*` variables are present, then becomes PROGRAM
-//! (`execvp`), so the rank keeps dsmwrap's pid, process group and pipes. With
-//! multi-host launch, dsmwrap also takes the per-host daemon role: started over ssh, it
-//! runs the launcher's `agent` for that host's ranks. Until then it stays this small.
+//! As a per-rank bootstrap it checks that the launcher's `DSMPI_*` variables are
+//! present, then becomes PROGRAM (`execvp`), so the rank keeps dsmwrap's pid, process
+//! group and pipes. As a daemon (started by dsmexec through ssh or srun, never by
+//! hand) it starts its host's ranks and speaks the framed protocol of
+//! `dsmpi_launcher::proto` on its stdin and stdout; see `dsmpi_launcher::daemon`.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -25,6 +27,9 @@ fn dsmwrap() -> i32 {
         );
         return EXIT_USAGE;
     };
+    if program == "--daemon" {
+        return dsmpi_launcher::daemon::run();
+    }
     let missing = missing_vars(|name| std::env::var_os(name));
     if !missing.is_empty() {
         diag(
