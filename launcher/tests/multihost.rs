@@ -1,0 +1,826 @@
+//! Multi-host tests on real hosts made on this machine: network namespaces on a
+//! bridge, each running Debian's sshd with its own configuration, host key, hostname
+//! (`unshare --uts`) and a tmpfs hiding one directory (so `--ship` has a host where
+//! the program really is absent). dsmexec reaches them with `ssh -F CONFIG` through
+//! a hostfile, exactly as it would reach other machines.
+//!
+//! Needs root, `ip`, `unshare`, `ssh`, `ssh-keygen` and `/usr/sbin/sshd` (package
+//! openssh-server); without them every test says so on stderr and passes. Each test
+//! builds its own cluster in its own /24 inside 10.250.0.0/16 and tears it down in
+//! `Drop`, failed assertion or not. Timing bounds are generous upper bounds only.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const DSMEXEC: &str = env!("CARGO_BIN_EXE_dsmexec");
+const DSMWRAP: &str = env!("CARGO_BIN_EXE_dsmwrap");
+
+/// Longest any test job may take before the test fails (and kills it).
+const LIMIT: Duration = Duration::from_secs(90);
+
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command that must succeed (fixture plumbing); panics with its stderr.
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command whose failure does not matter (cleanup).
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Why this machine cannot run these tests, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root".into());
+    }
+    for tool in [
+        "/usr/sbin/sshd",
+        "/usr/bin/ssh",
+        "/usr/bin/ssh-keygen",
+        "/usr/bin/unshare",
+    ] {
+        if !Path::new(tool).exists() {
+            return Some(format!(
+                "{tool} is missing (apt-get install openssh-server)"
+            ));
+        }
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("ip (iproute2) is missing".into());
+    }
+    None
+}
+
+/// One namespace host.
+struct Host {
+    name: String,
+    ns: String,
+    ip: String,
+    veth: String,
+    sshd: Option<Child>,
+}
+
+/// A set of namespace hosts on one bridge; everything it made goes in `Drop`.
+struct Cluster {
+    subnet: u32,
+    bridge: String,
+    dir: PathBuf,
+    hosts: Vec<Host>,
+    /// A directory visible here and hidden (under a tmpfs) on every host.
+    hidden: PathBuf,
+}
+
+impl Cluster {
+    /// `n` hosts named node1..noden, or `None` (with a message) if this machine
+    /// cannot make them.
+    fn new(n: usize) -> Option<Cluster> {
+        if let Some(why) = missing_prerequisite() {
+            eprintln!("SKIPPED multi-host test: {why}");
+            return None;
+        }
+        let seq = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // A /24 per cluster, spread by pid so parallel test processes do not collide;
+        // one whose bridge already exists is skipped.
+        let mut subnet = (pid.wrapping_mul(7).wrapping_add(seq * 13)) % 250 + 1;
+        while Path::new(&format!("/sys/class/net/dsmb{subnet}")).exists() {
+            subnet = subnet % 250 + 1;
+        }
+        let dir = std::env::temp_dir().join(format!("dsm-mh-{pid}-{seq}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let hidden = dir.join("hidden");
+        std::fs::create_dir_all(&hidden).expect("hidden dir");
+        let mut c = Cluster {
+            subnet,
+            bridge: format!("dsmb{subnet}"),
+            dir,
+            hosts: Vec::new(),
+            hidden,
+        };
+        c.build(n, pid, seq);
+        Some(c)
+    }
+
+    fn build(&mut self, n: usize, pid: u32, seq: u32) {
+        let x = self.subnet;
+        sh(&["ip", "link", "add", &self.bridge, "type", "bridge"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.250.{x}.1/24"),
+            "dev",
+            &self.bridge,
+        ]);
+        sh(&["ip", "link", "set", &self.bridge, "up"]);
+        let d = self.dir.clone();
+        let key = |name: &str| d.join(name).to_string_lossy().into_owned();
+        sh(&[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            &key("hostkey"),
+        ]);
+        sh(&[
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            &key("userkey"),
+        ]);
+        std::fs::copy(d.join("userkey.pub"), d.join("authorized_keys")).expect("authorized key");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let mut ssh_config = String::new();
+        for i in 1..=n {
+            let name = format!("node{i}");
+            let ns = format!("dsmh{pid}-{seq}-{i}");
+            let ip = format!("10.250.{x}.{}", 10 + i);
+            let veth = format!("dsmv{x}h{i}");
+            let peer = format!("dsmp{x}h{i}");
+            self.hosts.push(Host {
+                name: name.clone(),
+                ns: ns.clone(),
+                ip: ip.clone(),
+                veth: veth.clone(),
+                sshd: None,
+            });
+            sh(&["ip", "netns", "add", &ns]);
+            sh(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+            ]);
+            sh(&["ip", "link", "set", &peer, "netns", &ns]);
+            sh(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                &peer,
+            ]);
+            sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            let config = d.join(format!("sshd_config.{i}"));
+            std::fs::write(
+                &config,
+                format!(
+                    "ListenAddress {ip}\nPort 22\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
+                     UsePAM no\nStrictModes no\nPermitRootLogin yes\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PidFile {pidf}\nLogLevel ERROR\nMaxStartups 10:30:100\n",
+                    hk = key("hostkey"),
+                    ak = key("authorized_keys"),
+                    pidf = key(&format!("sshd.{i}.pid")),
+                ),
+            )
+            .expect("sshd config");
+            let log = std::fs::File::create(d.join(format!("sshd.{i}.log"))).expect("sshd log");
+            let script = format!(
+                "hostname {name} && mount -t tmpfs -o mode=0700 dsmhide '{hidden}' && exec /usr/sbin/sshd -D -e -f '{cfg}'",
+                hidden = self.hidden.display(),
+                cfg = config.display()
+            );
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns, "unshare", "--uts", "--mount"])
+                .args(["--propagation", "private", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start sshd");
+            self.hosts[i - 1].sshd = Some(child);
+            ssh_config.push_str(&format!("Host {name}\n  HostName {ip}\n"));
+        }
+        // A host nobody answers at, and one that refuses us (a user it has no key
+        // for; ssh's first `User` wins, while identity files would accumulate).
+        ssh_config.push_str(&format!("Host ghost\n  HostName 10.250.{x}.99\n"));
+        ssh_config.push_str(&format!(
+            "Host stranger\n  HostName 10.250.{x}.11\n  User dsm-stranger\n"
+        ));
+        ssh_config.push_str(&format!(
+            "Host *\n  User root\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+             StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n  \
+             ConnectTimeout 5\n  LogLevel ERROR\n",
+            key("userkey")
+        ));
+        std::fs::write(d.join("ssh_config"), ssh_config).expect("ssh config");
+        // Wait until every sshd listens.
+        let start = Instant::now();
+        for h in &self.hosts {
+            while TcpStream::connect((h.ip.as_str(), 22)).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "sshd on {} never listened; log: {}",
+                    h.name,
+                    std::fs::read_to_string(d.join(format!("sshd.{}.log", &h.name[4..])))
+                        .unwrap_or_default()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The launch agent option for dsmexec.
+    fn agent(&self) -> String {
+        format!("ssh -F {}", self.dir.join("ssh_config").display())
+    }
+
+    /// Writes a hostfile and returns its path.
+    fn hostfile(&self, text: &str) -> String {
+        let seq = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
+        let p = self.dir.join(format!("hostfile.{seq}"));
+        std::fs::write(&p, text).expect("hostfile");
+        p.to_string_lossy().into_owned()
+    }
+
+    fn host(&self, name: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .expect("known host")
+    }
+
+    /// Pids in a host's namespace that are not its sshd (listener or sessions):
+    /// what a job could have left behind.
+    fn leftovers(&self, h: &Host) -> Vec<(i32, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "pids", &h.ns])
+            .output()
+            .expect("ip netns pids");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter_map(|p| {
+                let cmd = std::fs::read(format!("/proc/{p}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                let first = cmd.split_whitespace().next().unwrap_or("");
+                (!first.ends_with("sshd") && !first.starts_with("sshd:") && !cmd.is_empty())
+                    .then_some((p, cmd))
+            })
+            .collect()
+    }
+
+    /// Waits (bounded) until no host has anything but sshd left.
+    fn assert_clean(&self) {
+        let start = Instant::now();
+        loop {
+            let left: Vec<(String, Vec<(i32, String)>)> = self
+                .hosts
+                .iter()
+                .map(|h| (h.name.clone(), self.leftovers(h)))
+                .filter(|(_, l)| !l.is_empty())
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "processes left behind: {left:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            // Everything in the namespace first (sessions, anything a failed test
+            // left), then the sshd itself.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", &h.ns]).output() {
+                for p in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(p) = p.parse::<i32>() {
+                        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                    }
+                }
+            }
+            if let Some(mut c) = h.sshd.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            sh_quiet(&["ip", "link", "del", &h.veth]);
+            sh_quiet(&["ip", "netns", "del", &h.ns]);
+        }
+        sh_quiet(&["ip", "link", "del", &self.bridge]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running dsmexec; killed on drop.
+struct Running {
+    child: Child,
+    stdout: Option<mpsc::Receiver<String>>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<String>,
+    stderr: String,
+    waited: Duration,
+}
+
+impl Finished {
+    fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+
+    /// dsmexec's own lines on stderr.
+    fn reports(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("dsmexec:"))
+            .collect()
+    }
+}
+
+impl Running {
+    fn start(args: &[&str], stdin: Stdio) -> Running {
+        let mut child = Command::new(DSMEXEC)
+            .args(args)
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dsmexec");
+        let out = child.stdout.take().expect("stdout pipe");
+        let mut err = child.stderr.take().expect("stderr pipe");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Running {
+            child,
+            stdout: Some(rx),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// The next stdout line, within the limit.
+    fn line(&self) -> String {
+        self.stdout
+            .as_ref()
+            .expect("stdout still read")
+            .recv_timeout(LIMIT)
+            .expect("a line from dsmexec within the limit")
+    }
+
+    fn finish(&mut self) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for dsmexec") {
+                break status;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "dsmexec did not exit within {LIMIT:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        let waited = start.elapsed();
+        let stdout = self
+            .stdout
+            .take()
+            .map(|rx| rx.iter().collect())
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().expect("stderr reader"))
+            .unwrap_or_default();
+        Finished {
+            status,
+            stdout,
+            stderr,
+            waited,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Finished {
+    Running::start(args, Stdio::null()).finish()
+}
+
+/// `[-f HOSTFILE --launch-agent AGENT]` followed by `rest`.
+fn args<'a>(hostfile: &'a str, agent: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["-f", hostfile, "--launch-agent", agent];
+    v.extend_from_slice(rest);
+    v
+}
+
+/// A rank program that prints `PID <rank> <pid> <hostname>` and then sleeps.
+const SLEEPER: &str = r#"echo "PID $DSMPI_RANK $$ $(hostname)"; exec sleep 300"#;
+
+/// Starts a sleeper job and returns it with every rank's pid, by rank.
+fn start_sleepers(c: &Cluster, np: usize, extra: &[&str]) -> (Running, Vec<(u32, i32, String)>) {
+    let hf = c.hostfile("node1 slots=2\nnode2 slots=2\nnode3 slots=2\n");
+    let agent = c.agent();
+    let np_s = np.to_string();
+    let mut rest = vec!["-n", np_s.as_str()];
+    rest.extend_from_slice(extra);
+    rest.extend_from_slice(&["sh", "-c", SLEEPER]);
+    let r = Running::start(&args(&hf, &agent, &rest), Stdio::null());
+    let mut pids = Vec::new();
+    while pids.len() < np {
+        let l = r.line();
+        let w: Vec<&str> = l.split_whitespace().collect();
+        if w.len() == 4 && w[0] == "PID" {
+            pids.push((
+                w[1].parse().expect("rank"),
+                w[2].parse().expect("pid"),
+                w[3].to_string(),
+            ));
+        }
+    }
+    pids.sort();
+    (r, pids)
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purpose; /proc/PID/stat's state says so.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+fn assert_gone(pids: &[(u32, i32, String)]) {
+    let start = Instant::now();
+    while pids.iter().any(|p| alive(p.1)) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "ranks still alive: {:?}",
+            pids.iter().filter(|p| alive(p.1)).collect::<Vec<_>>()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn placement_display_map_and_tagged_output() {
+    let Some(c) = Cluster::new(3) else { return };
+    let hf = c.hostfile("# three hosts, three formats\nnode1 slots=2\nnode2:1\n\nnode3\n");
+    let agent = c.agent();
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "--display-map",
+            "--tag-output",
+            "sh",
+            "-c",
+            "echo $DSMPI_RANK on $(hostname)",
+        ],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert_eq!(
+        &f.stdout[..3],
+        [
+            "dsmexec: map: node1: ranks 0,1",
+            "dsmexec: map: node2: ranks 2",
+            "dsmexec: map: node3: ranks 3"
+        ]
+    );
+    let lines: BTreeSet<&str> = f.stdout[3..].iter().map(String::as_str).collect();
+    let want: BTreeSet<&str> = [
+        "[node1:0] 0 on node1",
+        "[node1:1] 1 on node1",
+        "[node2:2] 2 on node2",
+        "[node3:3] 3 on node3",
+    ]
+    .into();
+    assert_eq!(lines, want);
+
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "-n",
+            "3",
+            "--map-by",
+            "node",
+            "sh",
+            "-c",
+            "echo $DSMPI_RANK $(hostname) $DSMPI_LOCAL_RANK/$DSMPI_LOCAL_SIZE",
+        ],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    let lines: BTreeSet<&str> = f.stdout.iter().map(String::as_str).collect();
+    assert_eq!(lines, ["0 node1 0/1", "1 node2 0/1", "2 node3 0/1"].into());
+
+    let f = run(&args(&hf, &agent, &["-n", "5", "true"]));
+    assert_eq!(f.code(), 2, "stderr: {}", f.stderr);
+    assert!(f.stderr.contains("--oversubscribe"), "{}", f.stderr);
+    c.assert_clean();
+}
+
+#[test]
+fn dsmpi_programs_run_across_hosts_with_a_bounded_fanout() {
+    let Some(c) = Cluster::new(6) else { return };
+    let examples = Path::new(DSMEXEC)
+        .parent()
+        .expect("target dir")
+        .join("examples");
+    let hello = examples.join("ex09_3_hello");
+    let ring = examples.join("ex10_3_ring");
+    if !hello.exists() || !ring.exists() {
+        eprintln!("SKIPPED dsmpi programs across hosts: build the examples first (cargo build --examples)");
+        return;
+    }
+    let hf = c.hostfile("node1:2\nnode2:2\nnode3:2\nnode4:2\nnode5:2\nnode6:2\n");
+    let agent = c.agent();
+    let hello = hello.to_string_lossy().into_owned();
+    let f = run(&args(&hf, &agent, &["--launch-fanout", "2", &hello]));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert!(
+        f.stdout
+            .contains(&"rank 0 heard from all 12 ranks".to_string()),
+        "{:?}",
+        f.stdout
+    );
+    for r in 0..12 {
+        let want = format!("I am process {r} of 12 on node{}", r / 2 + 1);
+        assert!(f.stdout.contains(&want), "missing '{want}': {:?}", f.stdout);
+    }
+    let ring = ring.to_string_lossy().into_owned();
+    let f = run(&args(&hf, &agent, &["-n", "6", "--map-by", "node", &ring]));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert!(
+        f.stdout.iter().any(|l| l.starts_with("ring of 6 ranks ok")),
+        "{:?}",
+        f.stdout
+    );
+    c.assert_clean();
+}
+
+#[test]
+fn stdin_reaches_remote_rank_0_and_env_is_forwarded() {
+    let Some(c) = Cluster::new(2) else { return };
+    let hf = c.hostfile("node1\nnode2\n");
+    let agent = c.agent();
+    let wdir = c.dir.to_string_lossy().into_owned();
+    // -x VAR forwards the value dsmexec has: set it for dsmexec only.
+    let mut cmd_args = args(
+        &hf,
+        &agent,
+        &[
+            "-x",
+            "DSM_TEST_A=alpha beta",
+            "-x",
+            "DSM_TEST_B",
+            "--wdir",
+            &wdir,
+            "sh",
+            "-c",
+            r#"read x; echo "$DSMPI_RANK:$x:$DSM_TEST_A:$DSM_TEST_B:$(pwd)""#,
+        ],
+    );
+    let mut child = Command::new(DSMEXEC)
+        .args(cmd_args.drain(..))
+        .env("DSM_TEST_B", "from-dsmexec")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsmexec");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello over ssh\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("dsmexec output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            format!("0:hello over ssh:alpha beta:from-dsmexec:{wdir}"),
+            format!("1::alpha beta:from-dsmexec:{wdir}"),
+        ]
+    );
+    c.assert_clean();
+}
+
+#[test]
+fn ship_sends_the_program_to_hosts_without_it() {
+    let Some(c) = Cluster::new(2) else { return };
+    // A copy of readlink in a directory the hosts cannot see: printing
+    // /proc/self/exe shows which file each rank really ran.
+    let prog = c.hidden.join("dsm-shipped-readlink");
+    std::fs::copy("/usr/bin/readlink", &prog).expect("copy readlink");
+    let prog_s = prog.to_string_lossy().into_owned();
+    let hf = c.hostfile("node1\nnode2\n");
+    let agent = c.agent();
+    let f = run(&args(&hf, &agent, &[&prog_s, "/proc/self/exe"]));
+    assert_eq!(f.code(), 127, "without --ship: {}", f.stderr);
+    assert_eq!(f.reports().len(), 1, "{}", f.stderr);
+    assert!(
+        f.reports()[0].contains("cannot start ranks on node")
+            && f.reports()[0].contains("command not found"),
+        "{}",
+        f.stderr
+    );
+    let f = run(&args(
+        &hf,
+        &agent,
+        &["--ship", "--tag-output", &prog_s, "/proc/self/exe"],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert_eq!(f.stdout.len(), 2, "{:?}", f.stdout);
+    for line in &f.stdout {
+        assert!(
+            line.contains("/dsmpi-ship-0/"),
+            "ran the shipped copy: {line}"
+        );
+        let path = line.split_whitespace().nth(1).expect("path");
+        assert!(!Path::new(path).exists(), "{path} removed at the end");
+    }
+    c.assert_clean();
+}
+
+#[test]
+fn sigterm_to_dsmexec_ends_every_remote_rank() {
+    let Some(c) = Cluster::new(3) else { return };
+    let (mut r, pids) = start_sleepers(&c, 6, &[]);
+    assert_eq!(
+        pids.iter().map(|p| p.2.as_str()).collect::<BTreeSet<_>>(),
+        ["node1", "node2", "node3"].into()
+    );
+    kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM).expect("SIGTERM dsmexec");
+    let f = r.finish();
+    assert_eq!(f.code(), 128 + libc::SIGTERM, "stderr: {}", f.stderr);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn a_rank_killed_on_a_remote_host_ends_the_job() {
+    let Some(c) = Cluster::new(3) else { return };
+    let (mut r, pids) = start_sleepers(&c, 6, &[]);
+    let victim = &pids[3];
+    kill(Pid::from_raw(victim.1), Signal::SIGKILL).expect("kill rank 3");
+    let f = r.finish();
+    assert_eq!(f.code(), 128 + libc::SIGKILL, "stderr: {}", f.stderr);
+    let reports = f.reports();
+    assert_eq!(reports.len(), 1, "{}", f.stderr);
+    assert_eq!(
+        reports[0],
+        format!(
+            "dsmexec: rank 3 (pid {}) on node2 was killed by signal SIGKILL (9)",
+            victim.1
+        )
+    );
+    assert!(f.waited < Duration::from_secs(10), "took {:?}", f.waited);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn a_killed_bootstrap_is_reported_by_host() {
+    let Some(c) = Cluster::new(3) else { return };
+    let (mut r, pids) = start_sleepers(&c, 6, &[]);
+    let node2 = c.host("node2");
+    let daemon = c
+        .leftovers(node2)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(DSMWRAP) && cmd.contains("--daemon"))
+        .expect("node2's bootstrap");
+    kill(Pid::from_raw(daemon.0), Signal::SIGKILL).expect("kill the bootstrap");
+    let f = r.finish();
+    assert_ne!(f.code(), 0, "stderr: {}", f.stderr);
+    let reports = f.reports();
+    assert!(
+        reports
+            .first()
+            .is_some_and(|l| l.starts_with("dsmexec: lost host node2 (ranks 2,3)")),
+        "{}",
+        f.stderr
+    );
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn a_cut_link_is_found_by_heartbeats() {
+    let Some(c) = Cluster::new(3) else { return };
+    let (mut r, pids) = start_sleepers(&c, 6, &["--heartbeat-timeout", "2"]);
+    let cut = Instant::now();
+    sh(&["ip", "link", "set", &c.host("node3").veth, "down"]);
+    let f = r.finish();
+    let detected = cut.elapsed();
+    assert_eq!(f.code(), 1, "stderr: {}", f.stderr);
+    let reports = f.reports();
+    assert!(
+        reports
+            .first()
+            .is_some_and(|l| l.starts_with("dsmexec: lost host node3 (ranks 4,5): no heartbeat")),
+        "{}",
+        f.stderr
+    );
+    assert!(detected < Duration::from_secs(15), "took {detected:?}");
+    // node3's daemon finds out on its own (its heartbeat bound) and kills its ranks.
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn timeout_ends_a_multi_host_job() {
+    let Some(c) = Cluster::new(3) else { return };
+    let (mut r, pids) = start_sleepers(&c, 3, &["--timeout", "2"]);
+    let f = r.finish();
+    assert_eq!(f.code(), 124, "stderr: {}", f.stderr);
+    assert_eq!(
+        f.reports(),
+        ["dsmexec: job exceeded --timeout of 2 s, killed"],
+        "{}",
+        f.stderr
+    );
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn unreachable_and_refusing_hosts_fail_in_one_line() {
+    let Some(c) = Cluster::new(1) else { return };
+    let agent = c.agent();
+    for (host, needle) in [("ghost", "ghost"), ("stranger", "Permission denied")] {
+        let hf = c.hostfile(&format!("node1\n{host}\n"));
+        let f = run(&args(
+            &hf,
+            &agent,
+            &["--connect-timeout", "8", "sleep", "30"],
+        ));
+        assert_ne!(f.code(), 0, "stderr: {}", f.stderr);
+        let reports = f.reports();
+        assert_eq!(reports.len(), 1, "{}", f.stderr);
+        assert!(
+            reports[0].starts_with(&format!("dsmexec: cannot start ranks on {host}: ")),
+            "{}",
+            reports[0]
+        );
+        assert!(reports[0].contains(needle), "{}", reports[0]);
+        assert!(f.waited < Duration::from_secs(20), "took {:?}", f.waited);
+    }
+    c.assert_clean();
+}
