@@ -124,8 +124,8 @@ impl Cli {
 /// What the command line asks for.
 #[derive(Debug)]
 pub enum Invocation {
-    /// Run a job.
-    Run(Cli),
+    /// Run a job (boxed: the command line is large next to the other variant).
+    Run(Box<Cli>),
     /// `--help` or `--version`: clap's text, to be printed on stdout with exit code 0.
     Print(clap::Error),
 }
@@ -139,7 +139,7 @@ where
     T: Into<OsString> + Clone,
 {
     match Cli::try_parse_from(args) {
-        Ok(cli) => Ok(Invocation::Run(cli)),
+        Ok(cli) => Ok(Invocation::Run(Box::new(cli))),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             Ok(Invocation::Print(e))
         }
@@ -188,7 +188,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Cli {
         match parse_from(args) {
-            Ok(Invocation::Run(cli)) => cli,
+            Ok(Invocation::Run(cli)) => *cli,
             other => panic!("expected a job for {args:?}, got {other:?}"),
         }
     }

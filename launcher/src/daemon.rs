@@ -340,33 +340,41 @@ impl Daemon {
     fn prepare(&mut self, spec: Box<JobSpec>) -> Result<Option<i32>, LaunchError> {
         let program = OsString::from_vec(spec.program.clone());
         let path_var = std::env::var_os("PATH");
+        let shipping = !spec.ship_hash.is_empty();
         match agent::resolve_program(&program, path_var.as_deref()) {
-            Ok(path) => self.launch(&spec, path),
-            Err(LaunchError::NotFound { .. }) if !spec.ship_hash.is_empty() => {
-                let cached = ship::cache_dir().and_then(|d| ship::lookup(&d, &spec.ship_hash));
-                match cached {
-                    Ok(Some(s)) => {
-                        let path = s.path.clone();
-                        self.shipped = Some(s);
-                        self.launch(&spec, path)
-                    }
-                    Ok(None) => {
-                        self.send(&Up::NeedProgram);
-                        self.phase = Phase::Program {
-                            spec,
-                            bytes: Vec::new(),
-                        };
-                        Ok(None)
-                    }
-                    Err(e) => self
-                        .fail(1, format!("cannot use the ship cache: {e}"))
-                        .map(Some),
-                }
+            // Without --ship, or with the very same bytes here: run what is here.
+            Ok(path)
+                if !shipping || ship::sha256_file(&path).is_ok_and(|h| h == spec.ship_hash) =>
+            {
+                return self.launch(&spec, path);
             }
+            // With --ship, a missing or different program is replaced by the bytes
+            // dsmexec has; any other problem (no permission, ...) is reported.
+            Ok(_) | Err(LaunchError::NotFound { .. }) if shipping => {}
+            Ok(path) => return self.launch(&spec, path),
             Err(e) => {
                 let code = e.exit_code();
-                self.fail(code, e.to_string()).map(Some)
+                return self.fail(code, e.to_string()).map(Some);
             }
+        }
+        let cached = ship::cache_dir().and_then(|d| ship::lookup(&d, &spec.ship_hash));
+        match cached {
+            Ok(Some(s)) => {
+                let path = s.path.clone();
+                self.shipped = Some(s);
+                self.launch(&spec, path)
+            }
+            Ok(None) => {
+                self.send(&Up::NeedProgram);
+                self.phase = Phase::Program {
+                    spec,
+                    bytes: Vec::new(),
+                };
+                Ok(None)
+            }
+            Err(e) => self
+                .fail(1, format!("cannot use the ship cache: {e}"))
+                .map(Some),
         }
     }
 

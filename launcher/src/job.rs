@@ -467,8 +467,18 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         host_of,
         rank0_remote,
         stdin_open: rank0_remote.is_some(),
-        ship_bytes: None,
+        ship: None,
     };
+    if cfg.ship && cfg.is_multi_host() {
+        let mut bytes = Vec::new();
+        File::open(&cfg.program)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|e| {
+                LaunchError::os(format!("read {} to ship it", cfg.program.display()), e)
+            })?;
+        let hash = ship::sha256_hex(&bytes);
+        job.ship = Some((bytes, hash));
+    }
     job.queue = (0..job.remotes.len()).collect();
     let result = job.run_all();
     // Whatever happened, nothing of the job outlives the launcher.
@@ -613,8 +623,9 @@ struct Job<'a> {
     rank0_remote: Option<usize>,
     /// Whether dsmexec's stdin is still being relayed.
     stdin_open: bool,
-    /// The program's bytes for `--ship`, read once when a host first asks.
-    ship_bytes: Option<Vec<u8>>,
+    /// `--ship`: the program's bytes and their SHA-256, read once at start so every
+    /// host gets the same bytes whatever happens to the file meanwhile.
+    ship: Option<(Vec<u8>, String)>,
 }
 
 impl Job<'_> {
@@ -747,11 +758,7 @@ impl Job<'_> {
                     r.phase = Phase::Connecting;
                     r.last_rx = now;
                 }
-                Err(e) => {
-                    let host = self.remotes[i].name.clone();
-                    self.launch_failed(i, 1, &e.to_string());
-                    let _ = host;
-                }
+                Err(e) => self.launch_failed(i, e.exit_code(), &e.to_string()),
             }
         }
     }
@@ -1193,22 +1200,20 @@ impl Job<'_> {
             Phase::Connecting | Phase::Starting => {
                 // The agent failed to connect or the daemon to start: ssh says why on
                 // its stderr, which may still be arriving.
-                let (code, why) = match &mut self.remotes[i].proc {
+                let why = match &mut self.remotes[i].proc {
                     Some(p) => {
                         let code = p.collect_failure(Duration::from_secs(2));
-                        let why = if p.last_error.is_empty() {
+                        if p.last_error.is_empty() {
                             format!(
                                 "the launch agent exited{} before the bootstrap answered",
                                 code.map(|c| format!(" with code {c}")).unwrap_or_default()
                             )
                         } else {
                             p.last_error.clone()
-                        };
-                        (code, why)
+                        }
                     }
-                    None => (None, "no launch agent".to_string()),
+                    None => "no launch agent".to_string(),
                 };
-                let _ = code;
                 self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &why);
             }
             Phase::Running => {
@@ -1266,7 +1271,7 @@ impl Job<'_> {
                 self.send(i, &Down::Spec(Box::new(spec)));
                 self.remotes[i].phase = Phase::Starting;
             }
-            Up::NeedProgram => self.ship_to(i)?,
+            Up::NeedProgram => self.ship_to(i),
             Up::Started { pids } => {
                 let r = &mut self.remotes[i];
                 r.phase = Phase::Running;
@@ -1361,38 +1366,20 @@ impl Job<'_> {
                 .as_ref()
                 .map(|w| bytes(w.as_os_str()))
                 .unwrap_or_default(),
-            ship_hash: if self.cfg.ship {
-                self.ship_hash().unwrap_or_default()
-            } else {
-                String::new()
-            },
+            ship_hash: self
+                .ship
+                .as_ref()
+                .map(|(_, hash)| hash.clone())
+                .unwrap_or_default(),
             heartbeat_ms: u32::try_from(self.heartbeat().as_millis()).unwrap_or(u32::MAX),
             dead_after_ms: u32::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u32::MAX),
         }
     }
 
-    /// The shipped program's hash; reads the program on first use.
-    fn ship_hash(&self) -> Option<String> {
-        // Hashing the file again per host is cheap next to ssh; the bytes themselves
-        // are read only when some host asks for them.
-        ship::sha256_file(&self.cfg.program).ok()
-    }
-
     /// Sends the program to host `i`, which does not have it.
-    fn ship_to(&mut self, i: usize) -> Result<(), LaunchError> {
-        if self.ship_bytes.is_none() {
-            let mut bytes = Vec::new();
-            File::open(&self.cfg.program)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| {
-                    LaunchError::os(format!("read {} to ship it", self.cfg.program.display()), e)
-                })?;
-            self.ship_bytes = Some(bytes);
-        }
-        let chunks: Vec<Vec<u8>> = self
-            .ship_bytes
-            .as_deref()
-            .unwrap_or_default()
+    fn ship_to(&mut self, i: usize) {
+        let Some((bytes, _)) = &self.ship else { return };
+        let chunks: Vec<Vec<u8>> = bytes
             .chunks(proto::SHIP_CHUNK)
             .map(<[u8]>::to_vec)
             .collect();
@@ -1400,7 +1387,6 @@ impl Job<'_> {
             self.send(i, &Down::ProgramChunk(c));
         }
         self.send(i, &Down::ProgramEnd);
-        Ok(())
     }
 
     /// Lines the launch agent of host `i` printed (ssh warnings, dsmwrap errors).

@@ -304,8 +304,15 @@ mod tests {
         drop(first);
         assert!(!dir.join(&hash).exists(), "removed when no job uses it");
         let kept = store(&dir, &hash, bytes).expect("store");
-        // A second job finds it and reuses it.
-        drop(kept.path.clone());
+        // Another job finds the cached copy intact and runs it without a new transfer.
+        let again = lookup(&dir, &hash).expect("lookup").expect("cached");
+        assert_eq!(fs::read(&again.path).expect("read"), bytes);
+        drop(again);
+        drop(kept);
+        assert!(!dir.join(&hash).exists());
+        // A cached file whose bytes changed is not trusted.
+        fs::write(dir.join(&hash), b"tampered").expect("write");
+        assert!(lookup(&dir, &hash).expect("lookup").is_none());
         assert!(lookup(&dir, "../../etc/passwd").is_err());
         let _ = fs::remove_dir_all(&dir);
     }

@@ -824,3 +824,46 @@ fn unreachable_and_refusing_hosts_fail_in_one_line() {
     }
     c.assert_clean();
 }
+
+#[test]
+fn a_sigkilled_dsmexec_leaves_nothing_on_the_hosts() {
+    let Some(c) = Cluster::new(2) else { return };
+    let hf = c.hostfile("node1 slots=2\nnode2 slots=2\n");
+    let agent = c.agent();
+    let r = Running::start(&args(&hf, &agent, &["sh", "-c", SLEEPER]), Stdio::null());
+    let mut pids = Vec::new();
+    while pids.len() < 4 {
+        let l = r.line();
+        if let Some(pid) = l
+            .split_whitespace()
+            .nth(2)
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            pids.push((0, pid, String::new()));
+        }
+    }
+    // dsmexec cannot clean up: its ssh clients die with it (PDEATHSIG), and each
+    // host's bootstrap, seeing its link end, kills its ranks.
+    kill(Pid::from_raw(r.child.id() as i32), Signal::SIGKILL).expect("SIGKILL dsmexec");
+    drop(r);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn sigusr1_reaches_every_remote_rank() {
+    let Some(c) = Cluster::new(2) else { return };
+    let hf = c.hostfile("node1\nnode2\n");
+    let agent = c.agent();
+    let script =
+        r#"trap 'echo got USR1 $DSMPI_RANK; exit 0' USR1; echo ready; while :; do sleep 0.1; done"#;
+    let mut r = Running::start(&args(&hf, &agent, &["sh", "-c", script]), Stdio::null());
+    assert_eq!(r.line(), "ready");
+    assert_eq!(r.line(), "ready");
+    kill(Pid::from_raw(r.child.id() as i32), Signal::SIGUSR1).expect("SIGUSR1 dsmexec");
+    let f = r.finish();
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    let got: BTreeSet<&str> = f.stdout.iter().map(String::as_str).collect();
+    assert_eq!(got, ["got USR1 0", "got USR1 1"].into());
+    c.assert_clean();
+}

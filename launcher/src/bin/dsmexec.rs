@@ -24,7 +24,7 @@ fn dsmexec() -> i32 {
             return e.exit_code();
         }
     };
-    match JobConfig::from_cli(cli).and_then(|cfg| job::run(&cfg)) {
+    match JobConfig::from_cli(*cli).and_then(|cfg| job::run(&cfg)) {
         Ok(code) => code,
         Err(e) => {
             diag("dsmexec", &e);
