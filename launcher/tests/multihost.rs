@@ -867,3 +867,97 @@ fn sigusr1_reaches_every_remote_rank() {
     assert_eq!(got, ["got USR1 0", "got USR1 1"].into());
     c.assert_clean();
 }
+
+#[test]
+fn output_dir_gets_one_file_per_rank_and_stream() {
+    let Some(c) = Cluster::new(2) else { return };
+    let hf = c.hostfile("node1\nnode2\n");
+    let agent = c.agent();
+    let out = c.dir.join("out");
+    let out_s = out.to_string_lossy().into_owned();
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "--output-dir",
+            &out_s,
+            "sh",
+            "-c",
+            "echo out $DSMPI_RANK; echo err $DSMPI_RANK >&2",
+        ],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert!(f.stdout.is_empty(), "{:?}", f.stdout);
+    for r in 0..2 {
+        let read = |s: &str| {
+            std::fs::read_to_string(out.join(format!("rank.{r}.{s}"))).expect("output file")
+        };
+        assert_eq!(read("stdout"), format!("out {r}\n"));
+        assert_eq!(read("stderr"), format!("err {r}\n"));
+    }
+    c.assert_clean();
+}
+
+/// Start-up time, not a check: `cargo test -p dsmpi-launcher --test multihost --
+/// --ignored --nocapture measure_startup` prints the median wall time of jobs on 1,
+/// 3 and 6 hosts (2 ranks per host), with a bare `ssh node1 true` for scale.
+#[test]
+#[ignore]
+fn measure_startup() {
+    let Some(c) = Cluster::new(6) else { return };
+    let agent = c.agent();
+    let hello = Path::new(DSMEXEC)
+        .parent()
+        .expect("target dir")
+        .join("examples/ex09_3_hello")
+        .to_string_lossy()
+        .into_owned();
+    let median = |f: &dyn Fn() -> bool| {
+        let mut t: Vec<Duration> = (0..7)
+            .map(|_| {
+                let s = Instant::now();
+                assert!(f(), "job failed");
+                s.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[3]
+    };
+    let cfg = c.dir.join("ssh_config");
+    let ssh = median(&|| {
+        Command::new("ssh")
+            .args(["-F", &cfg.to_string_lossy(), "node1", "true"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    eprintln!("bare ssh node1 true: {:.1} ms", ssh.as_secs_f64() * 1e3);
+    for prog in ["hostname", hello.as_str()] {
+        let local = median(&|| {
+            Command::new(DSMEXEC)
+                .args(["-n", "2", prog])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        eprintln!("{prog}: local -n 2: {:.1} ms", local.as_secs_f64() * 1e3);
+        for hosts in [1usize, 3, 6] {
+            let hf = c.hostfile(
+                &(1..=hosts)
+                    .map(|i| format!("node{i}:2\n"))
+                    .collect::<String>(),
+            );
+            let t = median(&|| {
+                Command::new(DSMEXEC)
+                    .args(["-f", &hf, "--launch-agent", &agent, prog])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            eprintln!(
+                "{prog}: {hosts} hosts, -n {}: {:.1} ms",
+                2 * hosts,
+                t.as_secs_f64() * 1e3
+            );
+        }
+    }
+}
