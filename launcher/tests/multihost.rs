@@ -941,9 +941,10 @@ fn measure_startup() {
         });
         eprintln!("{prog}: local -n 2: {:.1} ms", local.as_secs_f64() * 1e3);
         for hosts in [1usize, 3, 6] {
+            // Open MPI's format, which dsmexec reads too.
             let hf = c.hostfile(
                 &(1..=hosts)
-                    .map(|i| format!("node{i}:2\n"))
+                    .map(|i| format!("node{i} slots=2\n"))
                     .collect::<String>(),
             );
             let t = median(&|| {
@@ -958,6 +959,23 @@ fn measure_startup() {
                 2 * hosts,
                 t.as_secs_f64() * 1e3
             );
+            if prog == "hostname" && Path::new("/usr/bin/mpirun").exists() {
+                let np = (2 * hosts).to_string();
+                let net = format!("10.250.{}.0/24", c.subnet);
+                let t = median(&|| {
+                    Command::new("/usr/bin/mpirun")
+                        .args(["--allow-run-as-root", "--mca", "plm_rsh_agent", &agent])
+                        .args(["--mca", "oob_tcp_if_include", &net, "--hostfile", &hf])
+                        .args(["-n", &np, "hostname"])
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+                eprintln!(
+                    "Open MPI mpirun hostname: {hosts} hosts, -n {np}: {:.1} ms",
+                    t.as_secs_f64() * 1e3
+                );
+            }
         }
     }
 }
