@@ -152,9 +152,9 @@ impl Daemon {
                 );
                 return Ok(1);
             }
-            if matches!(self.phase, Phase::Running)
-                && now.duration_since(self.last_tx) >= self.heartbeat
-            {
+            // In every phase: storing a shipped program or starting many ranks must
+            // not look like a dead host to dsmexec.
+            if now.duration_since(self.last_tx) >= self.heartbeat {
                 self.send(&Up::Heartbeat);
             }
             // Build the poll set: link, signals, rank pipes (unless the link is backed

@@ -783,7 +783,10 @@ impl Job<'_> {
                     );
                     self.host_lost(i, &msg);
                 }
-                Phase::Running if now.saturating_duration_since(r.last_tx) >= self.heartbeat() => {
+                // From the spec on, the daemon holds dsmexec to the heartbeat bound.
+                Phase::Starting | Phase::Running
+                    if now.saturating_duration_since(r.last_tx) >= self.heartbeat() =>
+                {
                     self.send(i, &Down::Heartbeat);
                 }
                 _ => {}

@@ -979,3 +979,48 @@ fn measure_startup() {
         }
     }
 }
+
+/// Needs no root: a fake launch agent runs the daemon locally, after recording how
+/// many agents are connecting at that moment.
+#[test]
+fn launch_fanout_bounds_the_hosts_connecting_at_once() {
+    let dir = std::env::temp_dir().join(format!("dsm-fanout-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("active")).expect("dir");
+    let agent = dir.join("agent");
+    // Each agent counts itself in, stays "connecting" for a moment, counts itself out
+    // and only then starts the daemon: at most K can be in that window at once.
+    std::fs::write(
+        &agent,
+        format!(
+            "#!/bin/sh\nd='{d}'\ntouch \"$d/active/$$\"\nls \"$d/active\" | wc -l >> \"$d/log\"\n\
+             sleep 0.3\nrm -f \"$d/active/$$\"\nshift\nexec sh -c \"$*\"\n",
+            d = dir.display()
+        ),
+    )
+    .expect("agent script");
+    sh(&["chmod", "+x", &agent.to_string_lossy()]);
+    let agent_s = agent.to_string_lossy().into_owned();
+    let f = run(&[
+        "--host",
+        "fake1,fake2,fake3,fake4,fake5,fake6",
+        "--launch-agent",
+        &agent_s,
+        "--launch-fanout",
+        "2",
+        "--tag-output",
+        "sh",
+        "-c",
+        "echo $DSMPI_RANK",
+    ]);
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert_eq!(f.stdout.len(), 6, "{:?}", f.stdout);
+    let counts: Vec<u32> = log
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 6, "{log}");
+    assert!(counts.iter().all(|&n| (1..=2).contains(&n)), "{counts:?}");
+}
