@@ -45,6 +45,10 @@ use crate::ship;
 /// Exit code when `--timeout` expires, as `timeout(1)` uses.
 pub const EXIT_TIMEOUT: i32 = 124;
 
+/// Output queued for a slow reader beyond which dsmexec stops reading more (the
+/// ranks then block on their pipes, the daemons' links fill up): bounded memory.
+pub const MAX_BACKLOG: usize = 16 << 20;
+
 /// How long to keep reading output after the last rank was reaped, in case a process
 /// the rank left behind still holds a pipe open.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
@@ -455,7 +459,14 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         token,
         fallback_ip: fallback_ip(),
         signals,
-        sinks: Sinks::std(),
+        // With remote hosts the loop must keep running while a slow reader holds the
+        // output back, or heartbeats stop and the hosts give up on the job.
+        sinks: if multi {
+            Sinks::threaded().map_err(|e| LaunchError::os("start the output thread", e))?
+        } else {
+            Sinks::std()
+        },
+        last_turn: now,
         cause: None,
         kill_at: None,
         timeout_at: cfg.timeout.map(|t| now + t),
@@ -490,6 +501,7 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         job.report_failure(&r, None);
     }
     job.flush_partial_lines();
+    job.sinks.drain();
     result?;
     Ok(exit_code(job.cause.as_ref()))
 }
@@ -623,6 +635,9 @@ struct Job<'a> {
     rank0_remote: Option<usize>,
     /// Whether dsmexec's stdin is still being relayed.
     stdin_open: bool,
+    /// When the event loop last came round: a loop held up longer than a heartbeat
+    /// (stopped dsmexec, starved machine) cannot judge the hosts' heartbeats.
+    last_turn: Instant,
     /// `--ship`: the program's bytes and their SHA-256, read once at start so every
     /// host gets the same bytes whatever happens to the file meanwhile.
     ship: Option<(Vec<u8>, String)>,
@@ -765,6 +780,15 @@ impl Job<'_> {
 
     /// Connect timeouts and heartbeats of the remote hosts.
     fn check_remotes(&mut self, now: Instant) {
+        let stalled = now.saturating_duration_since(self.last_turn) > self.heartbeat() * 2;
+        self.last_turn = now;
+        if stalled || self.sinks.backlog() > MAX_BACKLOG {
+            // dsmexec itself was not listening (held up, or not reading links while
+            // its output is backed up): silence from the hosts proves nothing.
+            for r in &mut self.remotes {
+                r.last_rx = now;
+            }
+        }
         for i in 0..self.remotes.len() {
             let r = &self.remotes[i];
             let silent = now.saturating_duration_since(r.last_rx);
@@ -857,7 +881,9 @@ impl Job<'_> {
             sources.push(Source::Pmi(src));
             fds.push(PollFd::new(fd, flags));
         }
-        if let Some(agent) = &self.agent {
+        // A reader that is behind: read no more output until it catches up.
+        let backed_up = self.sinks.backlog() > MAX_BACKLOG;
+        if let Some(agent) = self.agent.as_ref().filter(|_| !backed_up) {
             for (id, fd) in agent.open_pipes() {
                 sources.push(Source::Pipe(id));
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
@@ -868,7 +894,7 @@ impl Job<'_> {
             if r.phase == Phase::Done {
                 continue;
             }
-            if let Some(fd) = p.link.rx_fd() {
+            if let Some(fd) = p.link.rx_fd().filter(|_| !backed_up) {
                 sources.push(Source::Link(i));
                 fds.push(PollFd::new(fd, PollFlags::POLLIN));
             }
@@ -910,11 +936,15 @@ impl Job<'_> {
     /// loop does not spin just short of it. With remote hosts, at least every
     /// heartbeat interval, to send heartbeats and check theirs.
     fn poll_timeout(&self, now: Instant) -> PollTimeout {
-        let tick = self
-            .remotes
-            .iter()
-            .any(|r| r.phase != Phase::Done && r.phase != Phase::Queued)
-            .then(|| now + self.heartbeat());
+        let tick = if self.sinks.backlog() > MAX_BACKLOG {
+            // Look again soon whether the reader caught up.
+            Some(now + Duration::from_millis(20))
+        } else {
+            self.remotes
+                .iter()
+                .any(|r| r.phase != Phase::Done && r.phase != Phase::Queued)
+                .then(|| now + self.heartbeat())
+        };
         let next = [self.kill_at, self.timeout_at, self.drain_until, tick]
             .into_iter()
             .flatten()

@@ -111,11 +111,74 @@ pub fn tag_prefix(rank: u32) -> Vec<u8> {
 /// After a write fails (typically `EPIPE` once the reader of `dsmexec | head` is gone)
 /// the sink is closed and drops everything; the job then closes the ranks' pipes for
 /// that stream so they learn it too.
+///
+/// A sink is direct (the caller's thread writes, and blocks while the reader is slow)
+/// or threaded ([`Sink::threaded`]): lines are queued for a writer thread, so the
+/// caller's event loop keeps running (and sending heartbeats) while a reader such as
+/// a paused `less` holds the output back; [`Sink::backlog`] tells it when to stop
+/// reading more.
 #[derive(Debug)]
 pub struct Sink<F: AsFd> {
     fd: F,
     open: bool,
     scratch: Vec<u8>,
+    writer: Option<Writer>,
+}
+
+/// The queue between a threaded sink and its writer thread.
+#[derive(Debug, Default)]
+struct Queue {
+    lines: std::collections::VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The write error that stopped the thread.
+    error: Option<Errno>,
+    /// No more lines will come: the thread exits once the queue is empty.
+    closed: bool,
+}
+
+type Shared = std::sync::Arc<(std::sync::Mutex<Queue>, std::sync::Condvar)>;
+
+#[derive(Debug)]
+struct Writer {
+    shared: Shared,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Locks the queue; a panic elsewhere while holding it (impossible in this module's
+/// code, which does not panic under the lock) would still leave usable data.
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn writer_thread(fd: std::os::fd::OwnedFd, shared: Shared) {
+    loop {
+        let line = {
+            let mut q = lock(&shared);
+            loop {
+                if let Some(line) = q.lines.pop_front() {
+                    q.bytes -= line.len();
+                    break line;
+                }
+                if q.closed {
+                    return;
+                }
+                q = shared
+                    .1
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        };
+        if let Err(e) = write_all(&fd, &line) {
+            let mut q = lock(&shared);
+            q.error = Some(e);
+            q.lines.clear();
+            q.bytes = 0;
+            return;
+        }
+    }
 }
 
 impl<F: AsFd> Sink<F> {
@@ -125,6 +188,45 @@ impl<F: AsFd> Sink<F> {
             fd,
             open: true,
             scratch: Vec::new(),
+            writer: None,
+        }
+    }
+
+    /// A sink whose writes are done by a thread of its own on a duplicate of `fd`.
+    ///
+    /// Create it after the process has blocked the signals it reads through a
+    /// signalfd: the thread inherits the mask, so it never takes those signals.
+    pub fn threaded(fd: F) -> io::Result<Sink<F>> {
+        let dup = fd.as_fd().try_clone_to_owned()?;
+        let shared: Shared = Default::default();
+        let for_thread = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dsmexec-output".into())
+            .spawn(move || writer_thread(dup, for_thread))?;
+        Ok(Sink {
+            fd,
+            open: true,
+            scratch: Vec::new(),
+            writer: Some(Writer {
+                shared,
+                thread: Some(thread),
+            }),
+        })
+    }
+
+    /// Bytes queued for the writer thread and not yet written (0 for a direct sink).
+    pub fn backlog(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| lock(&w.shared).bytes)
+    }
+
+    /// Waits until a threaded sink's queue is written (or its reader is gone).
+    pub fn drain(&mut self) {
+        if let Some(w) = &mut self.writer {
+            lock(&w.shared).closed = true;
+            w.shared.1.notify_all();
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 
@@ -146,12 +248,35 @@ impl<F: AsFd> Sink<F> {
         self.scratch.extend_from_slice(prefix);
         self.scratch.extend_from_slice(line);
         self.scratch.push(b'\n');
+        if let Some(w) = &self.writer {
+            let mut q = lock(&w.shared);
+            if let Some(e) = q.error {
+                drop(q);
+                self.open = false;
+                return Some(e);
+            }
+            q.bytes += self.scratch.len();
+            q.lines.push_back(std::mem::take(&mut self.scratch));
+            w.shared.1.notify_one();
+            return None;
+        }
         match write_all(&self.fd, &self.scratch) {
             Ok(()) => None,
             Err(e) => {
                 self.open = false;
                 Some(e)
             }
+        }
+    }
+}
+
+impl<F: AsFd> Drop for Sink<F> {
+    fn drop(&mut self) {
+        // Let the writer thread finish what is queued and exit; not joined, so a
+        // reader that never reads cannot hang the drop.
+        if let Some(w) = &self.writer {
+            lock(&w.shared).closed = true;
+            w.shared.1.notify_all();
         }
     }
 }
@@ -240,6 +365,25 @@ impl Sinks {
             stdout: Sink::new(io::stdout()),
             stderr: Sink::new(io::stderr()),
         }
+    }
+
+    /// Threaded sinks on this process's stdout and stderr (see [`Sink::threaded`]).
+    pub fn threaded() -> io::Result<Sinks> {
+        Ok(Sinks {
+            stdout: Sink::threaded(io::stdout())?,
+            stderr: Sink::threaded(io::stderr())?,
+        })
+    }
+
+    /// Bytes waiting to be written on either stream.
+    pub fn backlog(&self) -> usize {
+        self.stdout.backlog() + self.stderr.backlog()
+    }
+
+    /// Writes out everything queued (threaded sinks).
+    pub fn drain(&mut self) {
+        self.stdout.drain();
+        self.stderr.drain();
     }
 }
 
@@ -337,6 +481,39 @@ mod tests {
             .read_to_string(&mut got)
             .expect("read pipe");
         assert_eq!(got, "[3] hello\n[3] world\n[3] tail\n");
+    }
+
+    #[test]
+    fn threaded_sink_writes_in_order_and_reports_a_gone_reader() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let mut sink = Sink::threaded(w).expect("threaded sink");
+        let mut fwd = LineForwarder::new(1, true);
+        for i in 0..100 {
+            assert_eq!(fwd.feed(format!("line {i}\n").as_bytes(), &mut sink), None);
+        }
+        sink.drain();
+        drop(sink);
+        let mut got = String::new();
+        std::fs::File::from(r)
+            .read_to_string(&mut got)
+            .expect("read pipe");
+        let want: String = (0..100).map(|i| format!("[1] line {i}\n")).collect();
+        assert_eq!(got, want);
+
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        drop(r);
+        let mut sink = Sink::threaded(w).expect("threaded sink");
+        let mut fwd = LineForwarder::new(0, false);
+        let mut failed = None;
+        for _ in 0..1000 {
+            failed = failed.or(fwd.feed(b"x\n", &mut sink));
+            if failed.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(failed, Some(Errno::EPIPE));
+        assert!(!sink.is_open());
     }
 
     #[test]

@@ -1024,3 +1024,34 @@ fn launch_fanout_bounds_the_hosts_connecting_at_once() {
     assert_eq!(counts.len(), 6, "{log}");
     assert!(counts.iter().all(|&n| (1..=2).contains(&n)), "{counts:?}");
 }
+
+/// Needs no root (fake launch agent). A reader that stops reading for longer than
+/// the heartbeat bound must not make dsmexec or the daemons give up on the job.
+#[test]
+fn a_slow_reader_does_not_look_like_a_dead_host() {
+    let dir = std::env::temp_dir().join(format!("dsm-slow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let agent = dir.join("agent");
+    std::fs::write(&agent, "#!/bin/sh\nshift\nexec sh -c \"$*\"\n").expect("agent script");
+    sh(&["chmod", "+x", &agent.to_string_lossy()]);
+    let child = Command::new(DSMEXEC)
+        .args(["--host", "fake1,fake2", "--launch-agent"])
+        .arg(&agent)
+        .args(["--heartbeat-timeout", "1", "seq", "1", "300000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dsmexec");
+    // Nobody reads for four heartbeat bounds.
+    thread::sleep(Duration::from_secs(4));
+    let out = child.wait_with_output().expect("dsmexec output");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        600_000
+    );
+}
