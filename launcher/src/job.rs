@@ -206,7 +206,11 @@ impl JobConfig {
                     (x.clone(), v)
                 }
             };
-            if k.is_empty() || k.starts_with("DSMPI_") && k != "DSMPI_CONNECT_TIMEOUT" {
+            // The bootstrap variables are the launcher's to set; other DSMPI_*
+            // knobs (timeouts) are the user's.
+            let owned = crate::wrap::REQUIRED_VARS.contains(&k.as_str())
+                || k == dsmpi_runtime::bootstrap::ENV_BIND_ADDR;
+            if k.is_empty() || owned {
                 return Err(LaunchError::Usage(format!(
                     "-x {x}: cannot override the launcher's own variables"
                 )));

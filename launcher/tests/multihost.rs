@@ -597,6 +597,16 @@ fn dsmpi_programs_run_across_hosts_with_a_bounded_fanout() {
         let want = format!("I am process {r} of 12 on node{}", r / 2 + 1);
         assert!(f.stdout.contains(&want), "missing '{want}': {:?}", f.stdout);
     }
+    // Ranks on dsmexec's own host too: they must listen where the hosts reach them.
+    let mixed = c.hostfile("localhost:2\nnode1:2\nnode2:2\n");
+    let f = run(&args(&mixed, &agent, &["--tag-output", &hello]));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert!(
+        f.stdout
+            .contains(&"[localhost:0] rank 0 heard from all 6 ranks".to_string()),
+        "{:?}",
+        f.stdout
+    );
     let ring = ring.to_string_lossy().into_owned();
     let f = run(&args(&hf, &agent, &["-n", "6", "--map-by", "node", &ring]));
     assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
