@@ -106,17 +106,26 @@ impl Cluster {
         }
         let seq = NEXT_CLUSTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        // A /24 per cluster, spread by pid so parallel test processes do not collide;
-        // one whose bridge already exists is skipped.
-        let mut subnet = (pid.wrapping_mul(7).wrapping_add(seq * 13)) % 250 + 1;
-        while Path::new(&format!("/sys/class/net/dsmb{subnet}")).exists() {
-            subnet = subnet % 250 + 1;
-        }
         let dir = std::env::temp_dir().join(format!("dsm-mh-{pid}-{seq}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let hidden = dir.join("hidden");
         std::fs::create_dir_all(&hidden).expect("hidden dir");
+        // A /24 per cluster, spread by pid so parallel test processes do not collide.
+        // Creating the bridge is the claim: if another test process got there first,
+        // `ip link add` fails and the next /24 is tried.
+        let mut subnet = (pid.wrapping_mul(7).wrapping_add(seq * 13)) % 250 + 1;
+        let mut tries = 0;
+        while !Command::new("ip")
+            .args(["link", "add", &format!("dsmb{subnet}"), "type", "bridge"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            tries += 1;
+            assert!(tries < 250, "no free 10.250.X.0/24 for a test bridge");
+            subnet = subnet % 250 + 1;
+        }
         let mut c = Cluster {
             subnet,
             bridge: format!("dsmb{subnet}"),
@@ -130,7 +139,6 @@ impl Cluster {
 
     fn build(&mut self, n: usize, pid: u32, seq: u32) {
         let x = self.subnet;
-        sh(&["ip", "link", "add", &self.bridge, "type", "bridge"]);
         sh(&[
             "ip",
             "addr",
