@@ -80,7 +80,7 @@ pub struct Cli {
     pub output_dir: Option<std::path::PathBuf>,
 
     /// Seconds of silence after which a host counts as lost (fractions allowed).
-    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_timeout)]
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = parse_timeout)]
     pub heartbeat_timeout: Duration,
 
     /// Seconds a host may take to answer and start its ranks.
@@ -228,7 +228,7 @@ mod tests {
         let cli = run(&["dsmexec", "true"]);
         assert_eq!(cli.np, None);
         assert_eq!(cli.map_by, MapBy::Slot);
-        assert_eq!(cli.heartbeat_timeout, Duration::from_secs(3));
+        assert_eq!(cli.heartbeat_timeout, Duration::from_secs(5));
         assert!(!cli.tag_output);
         assert_eq!(cli.grace(), Duration::from_millis(DEFAULT_GRACE_MS));
         assert_eq!(cli.timeout, None);
