@@ -220,6 +220,9 @@ struct Peer {
     rx: Rx,
     txq: VecDeque<TxItem>,
     tx_off: usize,
+    /// A written-out send buffer kept for the next frames, so a steady stream of small
+    /// messages does not allocate one buffer per message.
+    spare: Vec<u8>,
     want_out: bool,
     dirty: bool,
     bye_sent: bool,
@@ -239,6 +242,7 @@ impl Peer {
             rx: Rx::header(),
             txq: VecDeque::new(),
             tx_off: 0,
+            spare: Vec::new(),
             want_out: false,
             dirty: false,
             bye_sent: false,
@@ -531,8 +535,12 @@ impl Engine {
             _ => false,
         };
         if !append {
-            peer.txq
-                .push_back(TxItem::Buf(Vec::with_capacity(need.max(4096))));
+            let buf = if peer.spare.capacity() >= need {
+                std::mem::take(&mut peer.spare)
+            } else {
+                Vec::with_capacity(need.max(4096))
+            };
+            peer.txq.push_back(TxItem::Buf(buf));
         }
         if let Some(TxItem::Buf(v)) = peer.txq.back_mut() {
             v.extend_from_slice(hdr);
@@ -605,8 +613,16 @@ impl Engine {
                     if n >= left {
                         n -= left;
                         peer.tx_off = 0;
-                        if let Some(TxItem::Borrowed { req, .. }) = peer.txq.pop_front() {
-                            done_reqs.push(req);
+                        match peer.txq.pop_front() {
+                            Some(TxItem::Borrowed { req, .. }) => done_reqs.push(req),
+                            Some(TxItem::Buf(mut v))
+                                if v.capacity() <= COALESCE_MAX
+                                    && v.capacity() > peer.spare.capacity() =>
+                            {
+                                v.clear();
+                                peer.spare = v;
+                            }
+                            _ => {}
                         }
                     } else {
                         peer.tx_off += n;
@@ -646,9 +662,15 @@ impl Engine {
 
     /// Reads everything a peer's socket has now and acts on the frames.
     fn read_peer(&self, st: &mut State, p: usize) {
+        let mut drained = false;
         loop {
             if let Err(why) = self.consume(st, p) {
                 self.lose_peer(st, p, why);
+                return;
+            }
+            // A read shorter than asked for emptied the socket; asking again would only
+            // cost a system call that says EAGAIN. Level-triggered epoll reports more.
+            if drained {
                 return;
             }
             let peer = &mut st.peers[p];
@@ -691,6 +713,7 @@ impl Engine {
                 return;
             }
             let n = r as usize;
+            drained = n < direct.map_or(RBUF, |(_, _, left)| left);
             if direct.is_some() {
                 let finished = match &mut peer.rx {
                     Rx::Payload { len, got, .. } => {
@@ -1024,16 +1047,29 @@ impl Engine {
 
     /// Flushes queued frames and handles whatever the sockets have, without blocking.
     fn progress(&self, st: &mut State) -> Result<()> {
-        let dirty = std::mem::take(&mut st.dirty);
-        for p in &dirty {
-            st.peers[*p].dirty = false;
-            self.flush_peer(st, *p);
+        self.flush_dirty(st);
+        self.poll_once(st)
+    }
+
+    /// Writes the frames queued since the last flush.
+    fn flush_dirty(&self, st: &mut State) {
+        while !st.dirty.is_empty() {
+            let mut dirty = std::mem::take(&mut st.dirty);
+            for &p in &dirty {
+                st.peers[p].dirty = false;
+                self.flush_peer(st, p);
+            }
+            // Keep the allocation for next time.
+            dirty.clear();
+            if st.dirty.is_empty() {
+                st.dirty = dirty;
+            }
         }
-        let mut dirty = dirty;
-        dirty.clear();
-        if st.dirty.is_empty() {
-            st.dirty = dirty;
-        }
+        self.wake_waiters(st);
+    }
+
+    /// Handles whatever the sockets have now, then flushes what that queued.
+    fn poll_once(&self, st: &mut State) -> Result<()> {
         let mut events = std::mem::take(&mut st.events);
         self.poll
             .wait(&mut events, 0)
@@ -1059,14 +1095,7 @@ impl Engine {
         }
         st.events = events;
         // Frames queued while handling (clear-to-send, rendezvous data) go out now.
-        while !st.dirty.is_empty() {
-            let dirty = std::mem::take(&mut st.dirty);
-            for p in dirty {
-                st.peers[p].dirty = false;
-                self.flush_peer(st, p);
-            }
-        }
-        self.wake_waiters(st);
+        self.flush_dirty(st);
         Ok(())
     }
 
@@ -1118,7 +1147,13 @@ impl Engine {
         let mut st = self.lock();
         let mut events = Vec::new();
         loop {
-            self.progress(&mut st)?;
+            // Queued frames first: an eager send is complete once written, and needs
+            // no look at the sockets.
+            self.flush_dirty(&mut st);
+            if let Some(r) = check(&mut st) {
+                return Ok(r);
+            }
+            self.poll_once(&mut st)?;
             if let Some(r) = check(&mut st) {
                 return Ok(r);
             }
