@@ -23,8 +23,6 @@ pub(crate) const TAG_SETUP: i32 = 2;
 pub(crate) const TAG_POST: i32 = 3;
 /// PSCW: an origin's `complete` to a target.
 pub(crate) const TAG_COMPLETE: i32 = 4;
-/// Never sent: probed to make the runtime progress (see `Window::teardown`).
-pub(crate) const TAG_KICK: i32 = 5;
 /// Dissemination barrier, round `k` uses `TAG_BARRIER + k`.
 pub(crate) const TAG_BARRIER: i32 = 16;
 /// First reply tag.

@@ -11,7 +11,7 @@ use dsmpi_runtime::Communicator;
 use crate::element::{Element, Op};
 use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, Registration};
-use crate::proto::{self, Header, Kind, TAG_BARRIER, TAG_COMPLETE, TAG_KICK, TAG_POST, TAG_SETUP};
+use crate::proto::{self, Header, Kind, TAG_BARRIER, TAG_COMPLETE, TAG_POST, TAG_SETUP};
 use crate::segment::{page_size, Prot, Segment};
 use crate::shared::{Geometry, Shared, HOME, INVALID};
 
@@ -707,9 +707,6 @@ impl Window {
             let stop = Header::new(Kind::Stop, 0, 0);
             match self.sh.send(self.rank(), stop, &[]) {
                 Ok(()) => {
-                    // The runtime does not wake a thread sleeping in a receive when a
-                    // send to self completes it; any later progress does (a probe).
-                    let _ = self.sh.comm.iprobe(self.rank(), TAG_KICK);
                     let _ = h.join();
                 }
                 Err(e) => note(Err(e)),

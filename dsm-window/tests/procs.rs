@@ -37,7 +37,7 @@ fn window_checks_in_processes() {
     }
     for n in [1, 3, 5] {
         let out = Command::new(&launcher)
-            .args(["-n", &n.to_string(), "--timeout", "300"])
+            .args(["-n", &n.to_string(), "--timeout", "120"])
             .arg(&prog)
             .output()
             .unwrap();
