@@ -416,3 +416,35 @@ fn a_send_to_self_wakes_a_thread_blocked_on_its_receive() {
         assert_eq!(got.unwrap(), me as u32 + 40);
     });
 }
+
+#[test]
+fn a_glance_at_the_sockets_does_not_steal_a_sleepers_wake_up() {
+    // A thread asleep in a receive is woken by a send to self; right after, this
+    // thread glances at the sockets (iprobe). The glance must not consume the
+    // wake-up meant for the sleeper.
+    const ROUNDS: u32 = 30;
+    on_all(2, |w| {
+        let me = w.rank();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wr = w.clone();
+        std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                let mut x = [0u32];
+                let r = wr.recv_into(&mut x, ANY_SOURCE, 12).map(|_| x[0]);
+                if tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        for i in 0..ROUNDS {
+            // Long enough for the receiver to stop spinning and sleep in epoll.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            w.send(&[i], me, 12).unwrap();
+            assert!(w.iprobe(me, 99).unwrap().is_none());
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the receiver was never woken");
+            assert_eq!(got.unwrap(), i);
+        }
+    });
+}

@@ -72,6 +72,7 @@ impl Poller {
     }
 
     /// Waits up to `timeout_ms` (-1: forever) and fills `out` with (token, events).
+    /// A blocking wait (timeout ≠ 0) that sees the waker resets it.
     pub fn wait(&self, out: &mut Vec<(u64, u32)>, timeout_ms: i32) -> io::Result<()> {
         out.clear();
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 64];
@@ -86,7 +87,10 @@ impl Poller {
         }
         for ev in &evs[..n as usize] {
             let (tok, bits) = (ev.u64, ev.events);
-            if tok == WAKER {
+            // Only a blocking wait consumes a wake-up. If a thread merely glancing at
+            // the set (timeout 0) drained it, the sleeper it was meant for could find
+            // the eventfd empty when it runs and go back to sleep for good.
+            if tok == WAKER && timeout_ms != 0 {
                 self.drain_waker();
             }
             out.push((tok, bits));
