@@ -5,13 +5,27 @@
 //! starts that host's ranks with the same [`Agent`] dsmexec uses locally, relays their
 //! output, exits and rank 0's input, and forwards signals to them.
 //!
+//! In a launch tree (more remote hosts than `--launch-fanout`), the spec also names
+//! the daemon's subtree: it starts its children through the same launch agent as soon
+//! as the spec arrives, and relays between its parent and them. Frames from a child
+//! go up wrapped once in [`Up::Relay`] with the child's host index (frames a child
+//! already wrapped go up unchanged); [`Down::Relay`] frames from the parent go to the
+//! child whose subtree holds the destination, unwrapped by the last daemon. Heartbeats
+//! are per link and never relayed. A child link that ends or falls silent is reported
+//! up as [`Up::Lost`] (or [`Up::Failed`] before the child's ranks started) in the
+//! child's name; a [`Down::Shutdown`] is passed to every child before the daemon ends.
+//! With `--ship`, a daemon that holds a verified copy of the program answers its
+//! descendants' requests for it itself, so the bytes cross each link once.
+//!
 //! It never outlives its link: end of file on it, silence longer than the heartbeat
 //! bound, or a terminating signal to the daemon all SIGKILL every rank's process group
-//! before it exits. Killing the ssh client does not reliably reach the remote side, and
+//! before it exits; its children's launch agents die with it, so their links end and
+//! they do the same. Killing the ssh client does not reliably reach the remote side, and
 //! a cut cable gives no end of file at all, which is why both checks exist. The ranks
 //! also die with the daemon itself (`PR_SET_PDEATHSIG`), so even a SIGKILLed daemon
 //! leaves nothing behind.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -30,6 +44,7 @@ use crate::agent::{self, Agent, LaunchSpec, PipeId, RankExit, StdinMode};
 use crate::error::LaunchError;
 use crate::output::{diag, Stream};
 use crate::proto::{self, Down, FramedLink, JobSpec, ReadOutcome, Up};
+use crate::remote::{self, AgentProcess, LaunchAgent};
 use crate::ship;
 
 /// How long a daemon waits for its job spec before giving up on a silent dsmexec.
@@ -70,6 +85,34 @@ pub fn run() -> i32 {
     }
 }
 
+/// A child of this daemon in the launch tree: the launch agent running its daemon.
+struct ChildHost {
+    /// Its host index (what relayed frames carry).
+    index: u32,
+    proc: AgentProcess,
+    /// Its daemon answered.
+    hello: bool,
+    /// Its ranks were started (from then on a closed link is a lost host).
+    started: bool,
+    /// A failure was already sent up in its name: say nothing more.
+    reported: bool,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+/// What a ready descriptor belongs to.
+#[derive(Clone, Copy)]
+enum Source {
+    Parent,
+    Signals,
+    ParentOut,
+    Stdin,
+    Pipe(PipeId),
+    Child(usize),
+    ChildOut(usize),
+    ChildErr(usize),
+}
+
 struct Daemon {
     link: FramedLink,
     signals: SignalFd,
@@ -85,6 +128,21 @@ struct Daemon {
     dead_after: Duration,
     last_rx: Instant,
     last_tx: Instant,
+    /// When the loop last came round (a held-up loop cannot judge silence).
+    last_turn: Instant,
+    /// This host's index in dsmexec's list.
+    me: u32,
+    /// Parent index of every host of the subtree.
+    parent_of: HashMap<u32, u32>,
+    /// The children, `None` once gone.
+    children: Vec<Option<ChildHost>>,
+    connect_timeout: Duration,
+    /// `--ship`'s hash, empty without it.
+    ship_hash: String,
+    /// A copy of the program checked against `ship_hash`, and its bytes once read,
+    /// to answer descendants that need it.
+    program_copy: Option<PathBuf>,
+    program_bytes: Option<Vec<u8>>,
 }
 
 impl Daemon {
@@ -117,6 +175,14 @@ impl Daemon {
             dead_after: SPEC_TIMEOUT,
             last_rx: now,
             last_tx: now,
+            last_turn: now,
+            me: 0,
+            parent_of: HashMap::new(),
+            children: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            ship_hash: String::new(),
+            program_copy: None,
+            program_bytes: None,
         };
         d.send(&Up::Hello {
             version: proto::VERSION,
@@ -142,6 +208,15 @@ impl Daemon {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let now = Instant::now();
+            if now.saturating_duration_since(self.last_turn) > self.heartbeat * 2 {
+                // This loop was held up (a starved machine, a long store of a shipped
+                // program): silence it could not hear proves nothing.
+                self.last_rx = now;
+                for c in self.children.iter_mut().flatten() {
+                    c.last_rx = now;
+                }
+            }
+            self.last_turn = now;
             if now.duration_since(self.last_rx) > self.dead_after {
                 diag(
                     "dsmwrap",
@@ -157,37 +232,54 @@ impl Daemon {
             if now.duration_since(self.last_tx) >= self.heartbeat {
                 self.send(&Up::Heartbeat);
             }
-            // Build the poll set: link, signals, rank pipes (unless the link is backed
-            // up), rank 0's stdin (when there is something to write).
+            self.check_children(now);
+            // Rank pipes and child links are read only while the link up is not
+            // backed up: the ranks then block on their pipes, the children on theirs.
+            let backed_up = self.link.pending() >= MAX_QUEUED;
+            if backed_up {
+                for c in self.children.iter_mut().flatten() {
+                    c.last_rx = now;
+                }
+            }
+            let mut sources = Vec::new();
             let mut fds = Vec::new();
-            let rx = self.link.rx_fd();
-            let Some(rx) = rx else {
+            let Some(rx) = self.link.rx_fd() else {
                 // dsmexec went away: nothing left to do for it.
                 return Ok(1);
             };
+            sources.push(Source::Parent);
             fds.push(PollFd::new(rx, PollFlags::POLLIN));
+            sources.push(Source::Signals);
             fds.push(PollFd::new(self.signals.as_fd(), PollFlags::POLLIN));
-            let tx = self.link.tx_fd_if_pending();
-            let has_tx = tx.is_some();
-            if let Some(tx) = tx {
+            if let Some(tx) = self.link.tx_fd_if_pending() {
+                sources.push(Source::ParentOut);
                 fds.push(PollFd::new(tx, PollFlags::POLLOUT));
             }
-            let stdin_fd = self
-                .stdin
-                .as_ref()
-                .filter(|_| !self.stdin_queue.is_empty())
-                .map(|s| s.as_fd());
-            let has_stdin = stdin_fd.is_some();
-            if let Some(fd) = stdin_fd {
-                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+            if let Some(fd) = self.stdin.as_ref().filter(|_| !self.stdin_queue.is_empty()) {
+                sources.push(Source::Stdin);
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
             }
-            let mut pipe_ids: Vec<PipeId> = Vec::new();
-            if self.link.pending() < MAX_QUEUED {
+            if !backed_up {
                 if let Some(agent) = &self.agent {
                     for (id, fd) in agent.open_pipes() {
-                        pipe_ids.push(id);
+                        sources.push(Source::Pipe(id));
                         fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     }
+                }
+            }
+            for (k, c) in self.children.iter().enumerate() {
+                let Some(c) = c else { continue };
+                if let Some(fd) = c.proc.link.rx_fd().filter(|_| !backed_up) {
+                    sources.push(Source::Child(k));
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+                if let Some(fd) = c.proc.link.tx_fd_if_pending() {
+                    sources.push(Source::ChildOut(k));
+                    fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                }
+                if let Some(fd) = c.proc.stderr_fd() {
+                    sources.push(Source::ChildErr(k));
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
             }
             let wait = self
@@ -200,35 +292,38 @@ impl Daemon {
                 Ok(_) | Err(Errno::EINTR) => {}
                 Err(e) => return Err(LaunchError::os("wait for events", e)),
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            let ready: Vec<Source> = sources
+                .into_iter()
+                .zip(&fds)
+                .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(s, _)| s)
                 .collect();
             drop(fds);
-            let mut i = 2;
-            if has_tx {
-                if ready[i] {
-                    self.link.flush();
+            let mut signals = false;
+            let mut parent = false;
+            for src in ready {
+                match src {
+                    Source::Parent => parent = true,
+                    Source::Signals => signals = true,
+                    Source::ParentOut => self.link.flush(),
+                    Source::Stdin => self.write_stdin(),
+                    Source::Pipe(id) => self.on_pipe(id, &mut buf),
+                    Source::Child(k) => self.on_child(k),
+                    Source::ChildOut(k) => {
+                        if let Some(c) = &mut self.children[k] {
+                            c.proc.link.flush();
+                        }
+                    }
+                    Source::ChildErr(k) => self.on_child_stderr(k),
                 }
-                i += 1;
             }
-            if has_stdin {
-                if ready[i] {
-                    self.write_stdin();
-                }
-                i += 1;
-            }
-            for (k, id) in pipe_ids.into_iter().enumerate() {
-                if ready[i + k] {
-                    self.on_pipe(id, &mut buf);
-                }
-            }
-            if ready[1] {
+            // Last, as either may end the daemon.
+            if signals {
                 if let Some(code) = self.on_signals() {
                     return Ok(code);
                 }
             }
-            if ready[0] {
+            if parent {
                 if let Some(code) = self.on_link()? {
                     return Ok(code);
                 }
@@ -276,6 +371,12 @@ impl Daemon {
                 }
                 self.heartbeat = Duration::from_millis(u64::from(spec.heartbeat_ms.max(10)));
                 self.dead_after = Duration::from_millis(u64::from(spec.dead_after_ms.max(100)));
+                self.connect_timeout =
+                    Duration::from_millis(u64::from(spec.connect_timeout_ms.max(100)));
+                self.ship_hash = spec.ship_hash.clone();
+                // The ssh handshakes are the slow part of a launch: start them before
+                // this host's own (maybe shipped) program is ready.
+                self.start_children(&spec);
                 return self.prepare(spec);
             }
             Down::ProgramChunk(bytes) => {
@@ -293,6 +394,8 @@ impl Daemon {
                         Ok(s) => {
                             let path = s.path.clone();
                             self.shipped = Some(s);
+                            self.program_copy = Some(path.clone());
+                            self.program_bytes = Some(bytes);
                             return self.launch(&spec, path);
                         }
                         Err(e) => {
@@ -326,14 +429,255 @@ impl Daemon {
             }
             Down::Heartbeat => {}
             Down::Shutdown => {
+                // The whole subtree goes: children first (they end in parallel with
+                // this host's ranks being killed), then a bounded wait for them.
+                for c in self.children.iter_mut().flatten() {
+                    c.proc.link.send(&Down::Shutdown.encode());
+                }
                 if let Some(agent) = &mut self.agent {
                     agent.sweep();
                 }
                 self.link.flush_blocking(Duration::from_secs(2));
+                for c in self.children.iter_mut().flatten() {
+                    c.proc.link.flush_blocking(Duration::from_millis(200));
+                }
+                remote::finish_all(
+                    self.children.iter_mut().flatten().map(|c| &mut c.proc),
+                    Duration::from_secs(1),
+                );
                 return Ok(Some(0));
             }
+            Down::Relay { host, frame } => self.relay_down(host, frame),
         }
         Ok(None)
+    }
+
+    /// Starts the launch agent of every child named in the spec's subtree.
+    fn start_children(&mut self, spec: &JobSpec) {
+        self.me = spec.host_index;
+        self.parent_of = spec.subtree.iter().map(|n| (n.index, n.parent)).collect();
+        let agent = LaunchAgent {
+            words: spec.agent.clone(),
+        };
+        let now = Instant::now();
+        let me = self.me;
+        for node in spec.subtree.iter().filter(|n| n.parent == me) {
+            let argv = agent.command(&node.name, &spec.wrap);
+            match AgentProcess::spawn(&argv) {
+                Ok(proc) => self.children.push(Some(ChildHost {
+                    index: node.index,
+                    proc,
+                    hello: false,
+                    started: false,
+                    reported: false,
+                    last_rx: now,
+                    last_tx: now,
+                })),
+                Err(e) => self.send_for(
+                    node.index,
+                    &Up::Failed {
+                        code: e.exit_code(),
+                        msg: e.to_string(),
+                    },
+                ),
+            }
+        }
+    }
+
+    /// Sends `msg` up in the name of host `host` of the subtree.
+    fn send_for(&mut self, host: u32, msg: &Up) {
+        self.send(&Up::Relay {
+            host,
+            frame: msg.body(),
+        });
+    }
+
+    /// The child (position in `children`) whose subtree holds `host`.
+    fn child_toward(&self, host: u32) -> Option<usize> {
+        let mut cur = host;
+        // Bounded by the subtree's size: a malformed tree cannot loop forever.
+        for _ in 0..=self.parent_of.len() {
+            let parent = *self.parent_of.get(&cur)?;
+            if parent == self.me {
+                return self
+                    .children
+                    .iter()
+                    .position(|c| c.as_ref().is_some_and(|c| c.index == cur));
+            }
+            cur = parent;
+        }
+        None
+    }
+
+    /// A frame from the parent for `host` below: to the child on the way, unwrapped
+    /// if that child is `host`. Frames for a host already gone are dropped (its loss
+    /// has been reported).
+    fn relay_down(&mut self, host: u32, frame: Vec<u8>) {
+        let Some(k) = self.child_toward(host) else {
+            return;
+        };
+        let Some(c) = &mut self.children[k] else {
+            return;
+        };
+        if c.index == host {
+            c.proc.link.send(&proto::framed(&frame));
+        } else {
+            c.proc.link.send(&Down::Relay { host, frame }.encode());
+        }
+        c.last_tx = Instant::now();
+    }
+
+    /// Frames from child `k`.
+    fn on_child(&mut self, k: usize) {
+        let Some(c) = &mut self.children[k] else {
+            return;
+        };
+        let (frames, closed) = match c.proc.link.read_frames() {
+            ReadOutcome::Frames(f) => (f, false),
+            ReadOutcome::Closed(f) => (f, true),
+            ReadOutcome::Oversized => (Vec::new(), true),
+        };
+        if !frames.is_empty() {
+            c.last_rx = Instant::now();
+        }
+        let index = c.index;
+        for body in frames {
+            match Up::decode(&body) {
+                Ok(Up::Heartbeat) => {}
+                Ok(Up::Relay { host, frame }) => {
+                    let wants_program =
+                        matches!(Up::decode(&frame), Ok(Up::NeedProgram)) && self.serve(host);
+                    if !wants_program {
+                        self.send(&Up::Relay { host, frame });
+                    }
+                }
+                Ok(msg) => {
+                    if let Some(c) = &mut self.children[k] {
+                        match msg {
+                            Up::Hello { .. } => c.hello = true,
+                            Up::Started { .. } => c.started = true,
+                            Up::Failed { .. } => c.reported = true,
+                            _ => {}
+                        }
+                    }
+                    if msg == Up::NeedProgram && self.serve(index) {
+                        continue;
+                    }
+                    self.send(&Up::Relay {
+                        host: index,
+                        frame: body,
+                    });
+                }
+                Err(e) => {
+                    self.child_gone(k, format!("protocol error: {e}"));
+                    return;
+                }
+            }
+        }
+        if closed {
+            self.child_gone(
+                k,
+                "its bootstrap closed the link (killed, or its host went down)".into(),
+            );
+        }
+    }
+
+    /// Child `k` is gone: says so in its name (unless it said why itself) and kills
+    /// its launch agent, which ends the link for its daemon if that still runs.
+    fn child_gone(&mut self, k: usize, why: String) {
+        let Some(mut c) = self.children[k].take() else {
+            return;
+        };
+        if c.reported {
+            return;
+        }
+        let msg = if c.started {
+            Up::Lost { why }
+        } else {
+            // ssh says why a connection failed on its stderr, which may still be
+            // arriving; wait at most one heartbeat interval for it.
+            self.send(&Up::Heartbeat);
+            self.link.flush();
+            let why = c
+                .proc
+                .failure_reason(self.heartbeat.min(Duration::from_secs(2)));
+            Up::Failed { code: 1, msg: why }
+        };
+        self.send_for(c.index, &msg);
+        c.proc.kill();
+    }
+
+    /// Connect timeouts and heartbeats of the children.
+    fn check_children(&mut self, now: Instant) {
+        for k in 0..self.children.len() {
+            let Some(c) = &mut self.children[k] else {
+                continue;
+            };
+            let silent = now.saturating_duration_since(c.last_rx);
+            if !c.hello && silent > self.connect_timeout {
+                let why = format!(
+                    "no answer within {} s (--connect-timeout)",
+                    self.connect_timeout.as_secs_f64()
+                );
+                c.reported = true;
+                let index = c.index;
+                self.send_for(index, &Up::Failed { code: 1, msg: why });
+                self.child_gone(k, String::new());
+            } else if c.hello && silent > self.dead_after {
+                let why = format!(
+                    "no heartbeat for {:.1} s (link cut or host down)",
+                    silent.as_secs_f64()
+                );
+                self.child_gone(k, why);
+            } else if c.hello && now.saturating_duration_since(c.last_tx) >= self.heartbeat {
+                c.proc.link.send(&Down::Heartbeat.encode());
+                c.last_tx = now;
+            }
+        }
+    }
+
+    /// Lines child `k`'s launch agent printed: passed up once its ranks run, kept
+    /// for the failure message before.
+    fn on_child_stderr(&mut self, k: usize) {
+        let Some(c) = &mut self.children[k] else {
+            return;
+        };
+        let lines = c.proc.read_stderr();
+        if !c.started {
+            return;
+        }
+        let index = c.index;
+        for line in lines.into_iter().filter(|l| !l.trim().is_empty()) {
+            self.send_for(index, &Up::Diag { line });
+        }
+    }
+
+    /// Sends the program to `host` below from this host's verified copy, if there is
+    /// one; `false` to let the request go up instead.
+    fn serve(&mut self, host: u32) -> bool {
+        if self.program_bytes.is_none() {
+            let Some(path) = &self.program_copy else {
+                return false;
+            };
+            // Read and checked again: the copy could have changed since it was
+            // checked, and a descendant must get exactly dsmexec's bytes.
+            match std::fs::read(path) {
+                Ok(b) if ship::sha256_hex(&b) == self.ship_hash => self.program_bytes = Some(b),
+                _ => {
+                    self.program_copy = None;
+                    return false;
+                }
+            }
+        }
+        let Some(bytes) = self.program_bytes.take() else {
+            return false;
+        };
+        for chunk in bytes.chunks(proto::SHIP_CHUNK) {
+            self.relay_down(host, Down::ProgramChunk(chunk.to_vec()).body());
+        }
+        self.relay_down(host, Down::ProgramEnd.body());
+        self.program_bytes = Some(bytes);
+        true
     }
 
     /// Finds the program (or asks for it), then starts the ranks.
@@ -346,6 +690,9 @@ impl Daemon {
             Ok(path)
                 if !shipping || ship::sha256_file(&path).is_ok_and(|h| h == spec.ship_hash) =>
             {
+                if shipping {
+                    self.program_copy = Some(path.clone());
+                }
                 return self.launch(&spec, path);
             }
             // With --ship, a missing or different program is replaced by the bytes
@@ -362,6 +709,7 @@ impl Daemon {
             Ok(Some(s)) => {
                 let path = s.path.clone();
                 self.shipped = Some(s);
+                self.program_copy = Some(path.clone());
                 self.launch(&spec, path)
             }
             Ok(None) => {
@@ -379,8 +727,10 @@ impl Daemon {
     }
 
     fn launch(&mut self, spec: &JobSpec, program: PathBuf) -> Result<Option<i32>, LaunchError> {
-        let pmi_ip = self
-            .launcher_ip
+        // Started by another daemon, this host's SSH_CONNECTION names that daemon's
+        // host: dsmexec's address comes in the spec instead.
+        let seen = self.launcher_ip.filter(|_| !spec.via_daemon);
+        let pmi_ip = seen
             .or_else(|| spec.pmi_ip.parse().ok())
             .unwrap_or(IpAddr::from([127, 0, 0, 1]));
         let pmi_addr = SocketAddr::new(pmi_ip, spec.pmi_port);

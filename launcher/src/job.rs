@@ -10,10 +10,17 @@
 //!
 //! Ranks on this host are started directly ([`Agent`]); every other host gets one
 //! launch agent process (ssh, or srun) running `dsmwrap --daemon` there
-//! ([`crate::daemon`]), at most `--launch-fanout` of them connecting at once. The loop
-//! treats a remote rank like a local one: its output, exit and signals travel over the
-//! host's link. A host whose link ends or falls silent for longer than the heartbeat
-//! bound is lost, and that ends the job like a failed rank.
+//! ([`crate::daemon`]). With ssh, the remote hosts form a launch tree of degree
+//! `--launch-fanout` K ([`launch_tree`]): dsmexec starts at most K of them, and each
+//! daemon starts its own children, so no launcher has more than K handshakes under way
+//! and no sshd sees more than one connection per job. Up to K hosts the tree is flat
+//! (every host a child of dsmexec), which is the same thing. With srun (whose own
+//! launch does not go through sshd) every host is started by dsmexec, at most K at
+//! once. The loop treats a remote rank like a local one: its output, exit and signals
+//! travel over the host's link, relayed by the daemons on the way
+//! ([`Down::Relay`], [`Up::Relay`]). A host whose link ends or falls silent for longer
+//! than the heartbeat bound is lost with its whole subtree, and that ends the job like
+//! a failed rank; a daemon reports a child it lost the same way ([`Up::Lost`]).
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
@@ -38,8 +45,8 @@ use crate::error::{LaunchError, EXIT_LAUNCHER_FAILURE};
 use crate::hostfile::{self, HostSlots};
 use crate::output::{self, LineForwarder, Sink, Sinks, Stream};
 use crate::pmi::{PmiEvent, PmiServer, PmiSource};
-use crate::proto::{self, Down, JobSpec, ReadOutcome, Up};
-use crate::remote::{AgentProcess, LaunchAgent};
+use crate::proto::{self, Down, JobSpec, ReadOutcome, TreeNode, Up};
+use crate::remote::{self, AgentProcess, LaunchAgent};
 use crate::ship;
 
 /// Exit code when `--timeout` expires, as `timeout(1)` uses.
@@ -268,6 +275,24 @@ pub fn is_local(name: &str, this_host: &str) -> bool {
         || (!this_host.is_empty() && (name == this_host || name == short))
 }
 
+/// The launch tree over `n` remote hosts with at most `degree` children per
+/// launcher: for each host, the host that starts it (`None` for dsmexec).
+///
+/// Breadth-first: host `j` is node `j + 1` of a complete `degree`-ary tree rooted at
+/// dsmexec (node 0), so dsmexec starts hosts `0..degree`, host 0 starts the next
+/// `degree`, and so on. This is the shallowest tree with that degree; its depth grows
+/// as log(n) / log(degree), and each level costs one ssh handshake of start-up.
+/// With `n <= degree` every host is a child of dsmexec.
+pub fn launch_tree(n: usize, degree: usize) -> Vec<Option<usize>> {
+    let degree = degree.max(1);
+    (0..n)
+        .map(|j| {
+            let parent_node = j / degree;
+            parent_node.checked_sub(1)
+        })
+        .collect()
+}
+
 /// `dsmwrap` next to the running `dsmexec`: the same install on every host.
 fn default_wrap() -> Result<String, LaunchError> {
     let exe = std::env::current_exe().map_err(|e| LaunchError::os("find dsmexec's path", e))?;
@@ -365,6 +390,14 @@ struct Remote {
     name: String,
     ranks: Vec<u32>,
     phase: Phase,
+    /// The host whose daemon starts this one (`None`: dsmexec does).
+    parent: Option<usize>,
+    /// The hosts this one's daemon starts.
+    children: Vec<usize>,
+    /// dsmexec's address as this host saw it (its hello), if it is a child of
+    /// dsmexec.
+    seen_ip: Option<IpAddr>,
+    /// The launch agent, for a child of dsmexec only.
     proc: Option<AgentProcess>,
     /// Last frame (or launch) time, for the heartbeat and connect bounds.
     last_rx: Instant,
@@ -404,9 +437,6 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         .local_addr()
         .map_err(|e| LaunchError::os("open the PMI listener", e))?
         .port();
-    if cfg.display_map {
-        print_map(cfg);
-    }
     let mut host_of = vec![String::new(); cfg.np as usize];
     for h in &cfg.hosts {
         for &r in &h.ranks {
@@ -441,6 +471,9 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
             name: h.name.clone(),
             ranks: h.ranks.clone(),
             phase: Phase::Queued,
+            parent: None,
+            children: Vec::new(),
+            seen_ip: None,
             proc: None,
             last_rx: now,
             last_tx: now,
@@ -449,6 +482,23 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
             ended: vec![false; h.ranks.len()],
         })
         .collect();
+    let mut remotes = remotes;
+    // srun starts its task through Slurm's own daemons, not sshd, and a node may not
+    // be able to run srun for another: every host is dsmexec's child there.
+    let degree = if cfg.agent.is_srun() {
+        usize::MAX
+    } else {
+        cfg.fanout
+    };
+    for (j, parent) in launch_tree(remotes.len(), degree).into_iter().enumerate() {
+        remotes[j].parent = parent;
+        if let Some(p) = parent {
+            remotes[p].children.push(j);
+        }
+    }
+    if cfg.display_map {
+        print_map(cfg, &remotes);
+    }
     let rank0_remote = remotes.iter().position(|r| r.ranks.contains(&0));
     let mut job = Job {
         cfg,
@@ -494,7 +544,10 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         let hash = ship::sha256_hex(&bytes);
         job.ship = Some((bytes, hash));
     }
-    job.queue = (0..job.remotes.len()).collect();
+    // dsmexec starts the roots of the tree; the daemons start the rest.
+    job.queue = (0..job.remotes.len())
+        .filter(|&i| job.remotes[i].parent.is_none())
+        .collect();
     let result = job.run_all();
     // Whatever happened, nothing of the job outlives the launcher.
     if let Some(agent) = &mut job.agent {
@@ -510,15 +563,26 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
     Ok(exit_code(job.cause.as_ref()))
 }
 
-/// `--display-map`: one line per host, on stdout, before anything starts.
-fn print_map(cfg: &JobConfig) {
+/// `--display-map`: one line per host, on stdout, before anything starts; a host
+/// another host's daemon starts says which (`(launched by node1)`).
+fn print_map(cfg: &JobConfig, remotes: &[Remote]) {
     let mut text = String::new();
+    let mut remote = remotes.iter();
     for h in &cfg.hosts {
         let ranks: Vec<String> = h.ranks.iter().map(u32::to_string).collect();
+        let via = if h.local {
+            " (local)".to_string()
+        } else {
+            remote
+                .next()
+                .and_then(|r| r.parent)
+                .and_then(|p| remotes.get(p))
+                .map(|p| format!(" (launched by {})", p.name))
+                .unwrap_or_default()
+        };
         text.push_str(&format!(
-            "dsmexec: map: {}{}: ranks {}\n",
+            "dsmexec: map: {}{via}: ranks {}\n",
             h.name,
-            if h.local { " (local)" } else { "" },
             ranks.join(",")
         ));
     }
@@ -755,9 +819,11 @@ impl Job<'_> {
     /// Starts launch agents while fewer than `fanout` hosts are connecting.
     fn launch_more(&mut self, now: Instant) {
         while self.cause.is_none() {
+            // dsmexec's own launches only: the daemons bound theirs.
             let connecting = self
                 .remotes
                 .iter()
+                .filter(|r| r.parent.is_none())
                 .filter(|r| matches!(r.phase, Phase::Connecting | Phase::Starting))
                 .count();
             if connecting >= self.cfg.fanout {
@@ -796,6 +862,21 @@ impl Job<'_> {
         for i in 0..self.remotes.len() {
             let r = &self.remotes[i];
             let silent = now.saturating_duration_since(r.last_rx);
+            if r.parent.is_some() {
+                // Its parent's daemon watches its link (and dsmexec the parent's).
+                // Only a backstop here, later than the parent's own bound, in case
+                // the parent never started it.
+                if r.phase == Phase::Connecting
+                    && silent > self.cfg.connect_timeout + self.cfg.dead_after
+                {
+                    let msg = format!(
+                        "no answer within {} s (--connect-timeout)",
+                        self.cfg.connect_timeout.as_secs_f64()
+                    );
+                    self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &msg);
+                }
+                continue;
+            }
             match r.phase {
                 Phase::Connecting | Phase::Starting if silent > self.cfg.connect_timeout => {
                     let msg = format!(
@@ -826,53 +907,121 @@ impl Job<'_> {
         (self.cfg.dead_after / 4).max(Duration::from_millis(10))
     }
 
+    /// Sends `msg` to host `i`: on its own link, or wrapped for the daemons between.
     fn send(&mut self, i: usize, msg: &Down) {
-        let r = &mut self.remotes[i];
+        let top = self.top_of(i);
+        let frame = if top == i {
+            msg.encode()
+        } else {
+            Down::Relay {
+                host: i as u32,
+                frame: msg.body(),
+            }
+            .encode()
+        };
+        let r = &mut self.remotes[top];
         if let Some(p) = &mut r.proc {
-            p.link.send(&msg.encode());
+            p.link.send(&frame);
             r.last_tx = Instant::now();
         }
     }
 
+    /// The child of dsmexec whose subtree holds host `i` (the link it is reached by).
+    fn top_of(&self, i: usize) -> usize {
+        let mut cur = i;
+        // Bounded: the tree has no cycles, but a bug must not hang the launcher.
+        for _ in 0..self.remotes.len() {
+            match self.remotes[cur].parent {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        cur
+    }
+
+    /// Host `i` and every host below it in the launch tree, `i` first.
+    fn subtree(&self, i: usize) -> Vec<usize> {
+        let mut out = vec![i];
+        let mut k = 0;
+        while k < out.len() {
+            out.extend(self.remotes[out[k]].children.iter().copied());
+            k += 1;
+        }
+        out
+    }
+
     /// A host could not start its ranks: one line, and the job ends.
     fn launch_failed(&mut self, i: usize, code: i32, why: &str) {
-        let r = &mut self.remotes[i];
-        r.phase = Phase::Done;
-        if let Some(p) = &mut r.proc {
-            p.kill();
+        if self.remotes[i].phase == Phase::Done {
+            return;
         }
-        let host = r.name.clone();
+        // The hosts below it cannot be reached any more (or never will be).
+        for j in self.subtree(i) {
+            let r = &mut self.remotes[j];
+            r.phase = Phase::Done;
+            if let Some(p) = &mut r.proc {
+                p.kill();
+            }
+        }
+        let host = self.remotes[i].name.clone();
         if self.cause.is_none() {
             report(format_args!("cannot start ranks on {host}: {why}"));
             self.stop(ExitCause::LaunchFailed { host, code }, Signal::SIGTERM);
         }
     }
 
-    /// A running host vanished: its ranks count as gone, the job ends.
+    /// A running host vanished, and with it every host below it in the launch tree:
+    /// their ranks count as gone, the job ends. One line names them all.
     fn host_lost(&mut self, i: usize, why: &str) {
-        let r = &mut self.remotes[i];
-        r.phase = Phase::Done;
-        if let Some(p) = &mut r.proc {
-            p.kill();
+        if self.remotes[i].phase == Phase::Done {
+            return;
         }
-        let host = r.name.clone();
-        let live: Vec<String> = r
-            .ranks
-            .iter()
-            .zip(&r.ended)
-            .filter(|(_, &e)| !e)
-            .map(|(rank, _)| rank.to_string())
-            .collect();
-        for &rank in &r.ranks {
-            if let Some(slot) = self.reaped.get_mut(rank as usize) {
-                *slot = true;
+        let mut named = Vec::new();
+        let mut any_live = false;
+        for j in self.subtree(i) {
+            let r = &mut self.remotes[j];
+            if r.phase == Phase::Done && j != i {
+                continue;
+            }
+            r.phase = Phase::Done;
+            if let Some(p) = &mut r.proc {
+                p.kill();
+            }
+            let live: Vec<String> = r
+                .ranks
+                .iter()
+                .zip(&r.ended)
+                .filter(|(_, &e)| !e)
+                .map(|(rank, _)| rank.to_string())
+                .collect();
+            for &rank in &r.ranks {
+                if let Some(slot) = self.reaped.get_mut(rank as usize) {
+                    *slot = true;
+                }
+            }
+            any_live |= !live.is_empty();
+            // The host whose link died is always named; below it, those that still
+            // had ranks.
+            if j == i || !live.is_empty() {
+                let ranks = if live.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (ranks {})", live.join(","))
+                };
+                named.push(format!("{}{ranks}", r.name));
             }
         }
-        if self.cause.is_none() && !live.is_empty() {
-            report(format_args!(
-                "lost host {host} (ranks {}): {why}",
-                live.join(",")
-            ));
+        if self.cause.is_none() && any_live {
+            let host = self.remotes[i].name.clone();
+            let (first, below) = named
+                .split_first()
+                .map_or((String::new(), &[][..]), |(f, b)| (f.clone(), b));
+            let below = if below.is_empty() {
+                String::new()
+            } else {
+                format!(" and the hosts it launched, {}", below.join(", "))
+            };
+            report(format_args!("lost host {first}{below}: {why}"));
             self.stop(ExitCause::HostLost { host }, Signal::SIGTERM);
         }
     }
@@ -914,8 +1063,12 @@ impl Job<'_> {
         let stdin = std::io::stdin();
         if let Some(i) = self.rank0_remote.filter(|_| self.stdin_open) {
             let r = &self.remotes[i];
-            // Relay only once rank 0 runs, and not faster than its host takes it.
-            let backed_up = r.proc.as_ref().is_none_or(|p| p.link.pending() > 1 << 20);
+            // Relay only once rank 0 runs, and not faster than the first link on the
+            // way takes it.
+            let backed_up = self.remotes[self.top_of(i)]
+                .proc
+                .as_ref()
+                .is_none_or(|p| p.link.pending() > 1 << 20);
             if r.phase == Phase::Running && !backed_up {
                 sources.push(Source::Stdin);
                 fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
@@ -1209,17 +1362,35 @@ impl Job<'_> {
             ReadOutcome::Closed(f) => (f, true),
             ReadOutcome::Oversized => (Vec::new(), true),
         };
+        let now = Instant::now();
         if !frames.is_empty() {
-            self.remotes[i].last_rx = Instant::now();
+            self.remotes[i].last_rx = now;
         }
         for body in frames {
-            match Up::decode(&body) {
-                Ok(msg) => self.on_up(i, msg)?,
-                Err(e) => {
-                    self.host_lost(i, &format!("protocol error: {e}"));
-                    return Ok(());
+            let (h, msg) = match Up::decode(&body) {
+                Ok(Up::Relay { host, frame }) => {
+                    // From a host below `i`: anything else is a confused daemon.
+                    let h = host as usize;
+                    let below = h != i && h < self.remotes.len() && self.top_of(h) == i;
+                    match Up::decode(&frame) {
+                        Ok(Up::Relay { .. }) | Err(_) => (h, None),
+                        Ok(msg) if below => (h, Some(msg)),
+                        Ok(_) => (h, None),
+                    }
                 }
+                Ok(msg) => (i, Some(msg)),
+                Err(_) => (i, None),
+            };
+            let Some(msg) = msg else {
+                self.host_lost(i, "protocol error: a malformed or misaddressed frame");
+                return Ok(());
+            };
+            if self.remotes[h].phase == Phase::Done {
+                // Lost, failed or stopped already: what it still says changes nothing.
+                continue;
             }
+            self.remotes[h].last_rx = now;
+            self.on_up(h, msg)?;
             if self.remotes[i].phase == Phase::Done {
                 return Ok(());
             }
@@ -1238,24 +1409,21 @@ impl Job<'_> {
                 // The agent failed to connect or the daemon to start: ssh says why on
                 // its stderr, which may still be arriving.
                 let why = match &mut self.remotes[i].proc {
-                    Some(p) => {
-                        let code = p.collect_failure(Duration::from_secs(2));
-                        if p.last_error.is_empty() {
-                            format!(
-                                "the launch agent exited{} before the bootstrap answered",
-                                code.map(|c| format!(" with code {c}")).unwrap_or_default()
-                            )
-                        } else {
-                            p.last_error.clone()
-                        }
-                    }
+                    Some(p) => p.failure_reason(Duration::from_secs(2)),
                     None => "no launch agent".to_string(),
                 };
                 self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &why);
             }
             Phase::Running => {
-                if self.remotes[i].all_ended() && self.remotes[i].open_streams == 0 {
-                    self.remotes[i].phase = Phase::Done;
+                let sub = self.subtree(i);
+                let finished = sub.iter().all(|&j| {
+                    let r = &self.remotes[j];
+                    r.phase == Phase::Done || (r.all_ended() && r.open_streams == 0)
+                });
+                if finished {
+                    for j in sub {
+                        self.remotes[j].phase = Phase::Done;
+                    }
                 } else {
                     self.host_lost(
                         i,
@@ -1282,7 +1450,12 @@ impl Job<'_> {
                     self.launch_failed(i, EXIT_LAUNCHER_FAILURE, &why);
                     return Ok(());
                 }
-                let seen: Option<IpAddr> = launcher_ip.parse().ok();
+                // Only a child of dsmexec saw dsmexec itself connect.
+                let seen: Option<IpAddr> = launcher_ip
+                    .parse()
+                    .ok()
+                    .filter(|_| self.remotes[i].parent.is_none());
+                self.remotes[i].seen_ip = seen;
                 if !self.local_started && self.cause.is_none() {
                     // The first host to answer tells which of our addresses the hosts'
                     // network knows: our local ranks listen there.
@@ -1307,6 +1480,15 @@ impl Job<'_> {
                 let spec = self.spec_for(i);
                 self.send(i, &Down::Spec(Box::new(spec)));
                 self.remotes[i].phase = Phase::Starting;
+                // Its daemon starts its children on reading the spec.
+                let now = Instant::now();
+                for j in self.remotes[i].children.clone() {
+                    let c = &mut self.remotes[j];
+                    if c.phase == Phase::Queued {
+                        c.phase = Phase::Connecting;
+                        c.last_rx = now;
+                    }
+                }
             }
             Up::NeedProgram => self.ship_to(i),
             Up::Started { pids } => {
@@ -1367,6 +1549,13 @@ impl Job<'_> {
             }
             Up::Heartbeat => {}
             Up::Failed { code, msg } => self.launch_failed(i, code, &msg),
+            Up::Lost { why } => self.host_lost(i, &why),
+            Up::Diag { line } => {
+                let name = &self.remotes[i].name;
+                report(format_args!("{name}: {line}"));
+            }
+            // Unwrapped by `on_link`; a relay inside a relay is refused there.
+            Up::Relay { .. } => {}
         }
         Ok(())
     }
@@ -1378,7 +1567,12 @@ impl Job<'_> {
         JobSpec {
             token_hex: self.token.to_hex(),
             pmi_port: self.pmi_port,
-            pmi_ip: self.fallback_ip.to_string(),
+            // Below the first level, the address the first host on the way saw
+            // dsmexec come from (the daemon cannot see it from its own link).
+            pmi_ip: self.remotes[self.top_of(i)]
+                .seen_ip
+                .unwrap_or(self.fallback_ip)
+                .to_string(),
             world_size: self.cfg.np,
             host: r.name.clone(),
             ranks: r.ranks.clone(),
@@ -1410,6 +1604,22 @@ impl Job<'_> {
                 .unwrap_or_default(),
             heartbeat_ms: u32::try_from(self.heartbeat().as_millis()).unwrap_or(u32::MAX),
             dead_after_ms: u32::try_from(self.cfg.dead_after.as_millis()).unwrap_or(u32::MAX),
+            host_index: i as u32,
+            via_daemon: r.parent.is_some(),
+            subtree: self
+                .subtree(i)
+                .into_iter()
+                .skip(1)
+                .map(|j| TreeNode {
+                    index: j as u32,
+                    name: self.remotes[j].name.clone(),
+                    parent: self.remotes[j].parent.map_or(u32::MAX, |p| p as u32),
+                })
+                .collect(),
+            agent: self.cfg.agent.words.clone(),
+            wrap: self.cfg.wrap.clone(),
+            connect_timeout_ms: u32::try_from(self.cfg.connect_timeout.as_millis())
+                .unwrap_or(u32::MAX),
         }
     }
 
@@ -1460,16 +1670,37 @@ impl Job<'_> {
 
     /// Ends every remote host: tells its daemon to stop, gives the agent a moment to
     /// exit with it, then SIGKILLs the agent.
+    ///
+    /// Only dsmexec's children are told: each daemon passes the shutdown to its own
+    /// children and waits for them (up to a second) before it ends, so the patience
+    /// here grows with the tree's depth.
     fn shutdown_remotes(&mut self) {
+        let mut depth = 0;
         for i in 0..self.remotes.len() {
-            self.send(i, &Down::Shutdown);
+            let mut d = 0;
+            let mut cur = i;
+            while let Some(p) = self.remotes[cur].parent {
+                d += 1;
+                cur = p;
+                if d > self.remotes.len() {
+                    break;
+                }
+            }
+            depth = depth.max(d);
+            if self.remotes[i].parent.is_none() {
+                self.send(i, &Down::Shutdown);
+            }
         }
         for r in &mut self.remotes {
             if let Some(p) = &mut r.proc {
                 p.link.flush_blocking(Duration::from_millis(200));
-                p.finish(Duration::from_millis(500));
             }
         }
+        let patience = Duration::from_millis(500) + Duration::from_secs(1) * depth as u32;
+        remote::finish_all(
+            self.remotes.iter_mut().filter_map(|r| r.proc.as_mut()),
+            patience,
+        );
     }
 
     /// Forwards the unfinished last lines of pipes given up on.
@@ -1520,6 +1751,45 @@ mod tests {
         assert_eq!(launch(127).exit_code(), 127);
         assert_eq!(launch(0).exit_code(), 1);
         assert_eq!(ExitCause::HostLost { host: "h".into() }.exit_code(), 1);
+    }
+
+    #[test]
+    fn launch_tree_shapes() {
+        // Up to the degree: flat.
+        assert_eq!(launch_tree(3, 8), vec![None; 3]);
+        assert_eq!(launch_tree(0, 2), Vec::<Option<usize>>::new());
+        // 6 hosts, degree 2: dsmexec -> 0,1; 0 -> 2,3; 1 -> 4,5.
+        assert_eq!(
+            launch_tree(6, 2),
+            [None, None, Some(0), Some(0), Some(1), Some(1)]
+        );
+        // Every launcher has at most `degree` children; depth is logarithmic.
+        for (n, k) in [(100, 8), (1000, 8), (37, 3), (5, 1)] {
+            let t = launch_tree(n, k);
+            let mut count = vec![0; n + 1];
+            for p in &t {
+                count[p.map_or(n, |p| p)] += 1;
+            }
+            assert!(count.iter().all(|&c| c <= k), "{n} {k}");
+            for (j, p) in t.iter().enumerate() {
+                assert!(p.is_none_or(|p| p < j), "parents come first");
+            }
+        }
+        let depth = |t: &[Option<usize>]| {
+            (0..t.len())
+                .map(|mut j| {
+                    let mut d = 1;
+                    while let Some(p) = t[j] {
+                        j = p;
+                        d += 1;
+                    }
+                    d
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        assert_eq!(depth(&launch_tree(72, 8)), 2);
+        assert_eq!(depth(&launch_tree(73, 8)), 3);
     }
 
     #[test]

@@ -16,13 +16,27 @@ use nix::errno::Errno;
 
 /// Protocol version a daemon announces in its hello; dsmexec refuses any other, so
 /// mismatched installs fail with a clear message instead of garbled frames.
-pub const VERSION: u32 = 1;
+/// Version 2 added the launch tree (relayed frames, the subtree in the spec).
+pub const VERSION: u32 = 2;
 
 /// Largest frame accepted (a shipped program comes in chunks well below this).
 pub const MAX_FRAME: usize = 16 << 20;
 
 /// Size of the pieces a shipped program is sent in.
 pub const SHIP_CHUNK: usize = 1 << 20;
+
+/// One host of a daemon's launch subtree.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TreeNode {
+    /// The host's index in dsmexec's list of remote hosts: the address relayed
+    /// frames carry.
+    pub index: u32,
+    /// The name to reach it by (through the launch agent).
+    pub name: String,
+    /// The index of the host that starts it: the daemon's own index for its
+    /// children.
+    pub parent: u32,
+}
 
 /// What a daemon must know to start its host's ranks.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -56,6 +70,20 @@ pub struct JobSpec {
     pub heartbeat_ms: u32,
     /// Milliseconds of silence after which the other end counts as gone.
     pub dead_after_ms: u32,
+    /// This host's index in dsmexec's list of remote hosts.
+    pub host_index: u32,
+    /// Whether this daemon was started by another daemon: its `SSH_CONNECTION`
+    /// then names that daemon's host, not dsmexec's, so `pmi_ip` is to be used.
+    pub via_daemon: bool,
+    /// The hosts this daemon starts and relays for (its whole launch subtree; its
+    /// children are the nodes whose parent is `host_index`). Empty for a leaf.
+    pub subtree: Vec<TreeNode>,
+    /// The launch agent's words, for starting the children (same as dsmexec's).
+    pub agent: Vec<String>,
+    /// `dsmwrap`'s path on the children.
+    pub wrap: String,
+    /// Milliseconds a child may take to answer (`--connect-timeout`).
+    pub connect_timeout_ms: u32,
 }
 
 /// dsmexec → daemon.
@@ -81,8 +109,18 @@ pub enum Down {
     },
     /// I am alive.
     Heartbeat,
-    /// The job is over: SIGKILL what is left, clean up, exit.
+    /// The job is over: SIGKILL what is left, clean up, exit. A daemon passes it
+    /// on to its children first, so one frame ends a whole subtree.
     Shutdown,
+    /// A frame (body: opcode and fields, no length) for host `host` further down
+    /// the launch tree; each daemon on the way passes it to the child whose subtree
+    /// holds `host`, and the last one unwraps it.
+    Relay {
+        /// Destination host index.
+        host: u32,
+        /// The frame body meant for it.
+        frame: Vec<u8>,
+    },
 }
 
 /// Daemon → dsmexec.
@@ -141,6 +179,27 @@ pub enum Up {
         code: i32,
         /// One line.
         msg: String,
+    },
+    /// A frame (body) from host `host` of this daemon's subtree, wrapped once by the
+    /// daemon it reached first and passed up unchanged by the others.
+    Relay {
+        /// Source host index.
+        host: u32,
+        /// The frame body it sent.
+        frame: Vec<u8>,
+    },
+    /// Sent by a parent daemon in its child's name (inside a [`Up::Relay`]): the link
+    /// to the child ended or fell silent after its ranks started, so the child and
+    /// everything below it is gone.
+    Lost {
+        /// One line saying how it was noticed.
+        why: String,
+    },
+    /// A line the launch agent of a child printed on its stderr (ssh warnings,
+    /// dsmwrap errors), sent in the child's name.
+    Diag {
+        /// The line.
+        line: String,
     },
 }
 
@@ -247,6 +306,18 @@ impl Down {
                     .iter()
                     .flat_map(|(k, v)| [k.clone(), v.clone()])
                     .collect();
+                // Each node as one entry: index, parent, then the name's bytes.
+                let tree: Vec<Vec<u8>> = s
+                    .subtree
+                    .iter()
+                    .map(|n| {
+                        let mut b = n.index.to_be_bytes().to_vec();
+                        b.extend_from_slice(&n.parent.to_be_bytes());
+                        b.extend_from_slice(n.name.as_bytes());
+                        b
+                    })
+                    .collect();
+                let agent: Vec<Vec<u8>> = s.agent.iter().map(|w| w.as_bytes().to_vec()).collect();
                 Enc::new(1)
                     .bytes(s.token_hex.as_bytes())
                     .u32(u32::from(s.pmi_port))
@@ -262,6 +333,12 @@ impl Down {
                     .bytes(s.ship_hash.as_bytes())
                     .u32(s.heartbeat_ms)
                     .u32(s.dead_after_ms)
+                    .u32(s.host_index)
+                    .u8(u8::from(s.via_daemon))
+                    .list(&tree)
+                    .list(&agent)
+                    .bytes(s.wrap.as_bytes())
+                    .u32(s.connect_timeout_ms)
                     .finish()
             }
             Down::ProgramChunk(b) => Enc::new(2).bytes(b).finish(),
@@ -271,7 +348,16 @@ impl Down {
             Down::Signal { signo, group } => Enc::new(6).i32(*signo).u8(u8::from(*group)).finish(),
             Down::Heartbeat => Enc::new(7).finish(),
             Down::Shutdown => Enc::new(8).finish(),
+            Down::Relay { host, frame } => Enc::new(9).u32(*host).bytes(frame).finish(),
         }
+    }
+
+    /// The frame body (opcode and fields, without the length): what a
+    /// [`Down::Relay`] carries.
+    pub fn body(&self) -> Vec<u8> {
+        let mut f = self.encode();
+        f.drain(..4);
+        f
     }
 
     /// Decodes a frame body (opcode and fields, without the length).
@@ -320,6 +406,36 @@ impl Down {
                     ship_hash: d.string()?,
                     heartbeat_ms: d.u32()?,
                     dead_after_ms: d.u32()?,
+                    host_index: d.u32()?,
+                    via_daemon: d.u8()? != 0,
+                    subtree: d
+                        .list()?
+                        .into_iter()
+                        .map(|b| {
+                            if b.len() < 8 {
+                                return Err(FrameError("bad tree node".into()));
+                            }
+                            let index = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                            let parent = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                            let name = String::from_utf8(b[8..].to_vec())
+                                .map_err(|_| FrameError("host name not UTF-8".into()))?;
+                            Ok(TreeNode {
+                                index,
+                                name,
+                                parent,
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                    agent: d
+                        .list()?
+                        .into_iter()
+                        .map(|w| {
+                            String::from_utf8(w)
+                                .map_err(|_| FrameError("agent word not UTF-8".into()))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    wrap: d.string()?,
+                    connect_timeout_ms: d.u32()?,
                 }))
             }
             2 => Down::ProgramChunk(d.bytes()?),
@@ -332,6 +448,10 @@ impl Down {
             },
             7 => Down::Heartbeat,
             8 => Down::Shutdown,
+            9 => Down::Relay {
+                host: d.u32()?,
+                frame: d.bytes()?,
+            },
             op => return Err(FrameError(format!("unknown opcode {op}"))),
         };
         d.end()?;
@@ -377,7 +497,18 @@ impl Up {
                 .finish(),
             Up::Heartbeat => Enc::new(7).finish(),
             Up::Failed { code, msg } => Enc::new(8).i32(*code).bytes(msg.as_bytes()).finish(),
+            Up::Relay { host, frame } => Enc::new(9).u32(*host).bytes(frame).finish(),
+            Up::Lost { why } => Enc::new(10).bytes(why.as_bytes()).finish(),
+            Up::Diag { line } => Enc::new(11).bytes(line.as_bytes()).finish(),
         }
+    }
+
+    /// The frame body (opcode and fields, without the length): what an
+    /// [`Up::Relay`] carries.
+    pub fn body(&self) -> Vec<u8> {
+        let mut f = self.encode();
+        f.drain(..4);
+        f
     }
 
     /// Decodes a frame body (opcode and fields, without the length).
@@ -421,11 +552,26 @@ impl Up {
                 code: d.i32()?,
                 msg: d.string()?,
             },
+            9 => Up::Relay {
+                host: d.u32()?,
+                frame: d.bytes()?,
+            },
+            10 => Up::Lost { why: d.string()? },
+            11 => Up::Diag { line: d.string()? },
             op => return Err(FrameError(format!("unknown opcode {op}"))),
         };
         d.end()?;
         Ok(msg)
     }
+}
+
+/// A frame body with its length prefix: what goes on a link when a daemon unwraps
+/// a relayed frame for its child.
+pub fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(4 + body.len());
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(body);
+    f
 }
 
 /// What one [`FramedLink::read_frames`] call found.
@@ -626,6 +772,23 @@ mod tests {
             ship_hash: "ab".into(),
             heartbeat_ms: 500,
             dead_after_ms: 3000,
+            host_index: 1,
+            via_daemon: true,
+            subtree: vec![
+                TreeNode {
+                    index: 3,
+                    name: "node4".into(),
+                    parent: 1,
+                },
+                TreeNode {
+                    index: 7,
+                    name: "node8".into(),
+                    parent: 3,
+                },
+            ],
+            agent: vec!["ssh".into(), "-F".into(), "/etc/x y".into()],
+            wrap: "/opt/dsmwrap".into(),
+            connect_timeout_ms: 10_000,
         }
     }
 
@@ -643,6 +806,10 @@ mod tests {
             },
             Down::Heartbeat,
             Down::Shutdown,
+            Down::Relay {
+                host: 5,
+                frame: Down::Stdin(b"y".to_vec()).body(),
+            },
         ];
         for m in downs {
             let f = m.encode();
@@ -678,6 +845,16 @@ mod tests {
             Up::Failed {
                 code: 127,
                 msg: "prog: command not found".into(),
+            },
+            Up::Relay {
+                host: 2,
+                frame: Up::Heartbeat.body(),
+            },
+            Up::Lost {
+                why: "link closed".into(),
+            },
+            Up::Diag {
+                line: "ssh: warning".into(),
             },
         ];
         for m in ups {

@@ -254,20 +254,62 @@ impl AgentProcess {
         code
     }
 
-    /// Ends the agent: a polite wait of `patience`, then SIGKILL to its group.
-    pub fn finish(&mut self, patience: Duration) {
-        self.link.close_tx();
-        let until = Instant::now() + patience;
-        while !self.reaped && Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                self.reaped = true;
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    /// After the link closed before the ranks started: ssh's own explanation if it
+    /// gave one (waiting up to `limit` for it), else what is known of the agent's end.
+    pub fn failure_reason(&mut self, limit: Duration) -> String {
+        let code = self.collect_failure(limit);
+        if self.last_error.is_empty() {
+            format!(
+                "the launch agent exited{} before the bootstrap answered",
+                code.map(|c| format!(" with code {c}")).unwrap_or_default()
+            )
+        } else {
+            self.last_error.clone()
         }
-        self.kill();
     }
 
+    /// Whether the agent has exited (reaping it if so), without blocking.
+    pub fn try_reap(&mut self) -> bool {
+        if !self.reaped {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                self.reaped = true;
+            }
+        }
+        self.reaped
+    }
+
+    /// Ends the agent: a polite wait of `patience`, then SIGKILL to its group.
+    pub fn finish(&mut self, patience: Duration) {
+        finish_all([self], patience);
+    }
+}
+
+/// Ends several agents at once: closes every link (each daemon reads end of file,
+/// or has already been told to shut down), waits up to `patience` for all of them
+/// together, then SIGKILLs what is left. Together, so that a launch tree's shutdown
+/// costs one patience per level, not one per host.
+pub fn finish_all<'a>(procs: impl IntoIterator<Item = &'a mut AgentProcess>, patience: Duration) {
+    let mut procs: Vec<&mut AgentProcess> = procs.into_iter().collect();
+    for p in &mut procs {
+        p.link.close_tx();
+    }
+    let until = Instant::now() + patience;
+    while Instant::now() < until {
+        let mut all = true;
+        for p in &mut procs {
+            all &= p.try_reap();
+        }
+        if all {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in procs {
+        p.kill();
+    }
+}
+
+impl AgentProcess {
     /// SIGKILLs the agent's process group and reaps it.
     pub fn kill(&mut self) {
         if self.reaped {

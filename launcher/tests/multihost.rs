@@ -998,49 +998,98 @@ fn measure_startup() {
     }
 }
 
-/// Needs no root: a fake launch agent runs the daemon locally, after recording how
-/// many agents are connecting at that moment.
+/// Needs no root: a fake launch agent runs the daemon locally, after recording who
+/// started it and how many agents that same launcher has connecting at that moment.
+/// With 6 hosts and `--launch-fanout 2` the hosts form a tree: dsmexec starts 2, each
+/// of those daemons starts 2 more, and no launcher ever has more than 2 connecting.
 #[test]
-fn launch_fanout_bounds_the_hosts_connecting_at_once() {
+fn launch_fanout_is_the_degree_of_a_launch_tree() {
     let dir = std::env::temp_dir().join(format!("dsm-fanout-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("active")).expect("dir");
     let agent = dir.join("agent");
-    // Each agent counts itself in, stays "connecting" for a moment, counts itself out
-    // and only then starts the daemon: at most K can be in that window at once.
+    // Each agent counts itself in under its launcher's pid ($PPID: dsmexec or a
+    // daemon), stays "connecting" for a moment, counts itself out and only then
+    // becomes the daemon (exec keeps the pid, so `$$` is the daemon's pid).
     std::fs::write(
         &agent,
         format!(
-            "#!/bin/sh\nd='{d}'\ntouch \"$d/active/$$\"\nls \"$d/active\" | wc -l >> \"$d/log\"\n\
-             sleep 0.3\nrm -f \"$d/active/$$\"\nshift\nexec sh -c \"$*\"\n",
+            "#!/bin/sh\nd='{d}'\ntouch \"$d/active/$PPID.$$\"\n\
+             n=$(ls \"$d/active\" | grep -c \"^$PPID\\.\")\n\
+             echo \"$1 $$ $PPID $n\" >> \"$d/log\"\n\
+             sleep 0.3\nrm -f \"$d/active/$PPID.$$\"\nshift\nexec sh -c \"$*\"\n",
             d = dir.display()
         ),
     )
     .expect("agent script");
     sh(&["chmod", "+x", &agent.to_string_lossy()]);
     let agent_s = agent.to_string_lossy().into_owned();
-    let f = run(&[
-        "--host",
-        "fake1,fake2,fake3,fake4,fake5,fake6",
-        "--launch-agent",
-        &agent_s,
-        "--launch-fanout",
-        "2",
-        "--tag-output",
-        "sh",
-        "-c",
-        "echo $DSMPI_RANK",
-    ]);
+    let mut r = Running::start(
+        &[
+            "--host",
+            "fake1,fake2,fake3,fake4,fake5,fake6",
+            "--launch-agent",
+            &agent_s,
+            "--launch-fanout",
+            "2",
+            "--display-map",
+            "--tag-output",
+            "sh",
+            "-c",
+            "echo $DSMPI_RANK",
+        ],
+        Stdio::null(),
+    );
+    let dsmexec_pid = r.child.id();
+    let f = r.finish();
     let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
-    assert_eq!(f.stdout.len(), 6, "{:?}", f.stdout);
-    let counts: Vec<u32> = log
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
+    assert_eq!(
+        &f.stdout[..6],
+        [
+            "dsmexec: map: fake1: ranks 0",
+            "dsmexec: map: fake2: ranks 1",
+            "dsmexec: map: fake3 (launched by fake1): ranks 2",
+            "dsmexec: map: fake4 (launched by fake1): ranks 3",
+            "dsmexec: map: fake5 (launched by fake2): ranks 4",
+            "dsmexec: map: fake6 (launched by fake2): ranks 5",
+        ]
+    );
+    let lines: BTreeSet<&str> = f.stdout[6..].iter().map(String::as_str).collect();
+    let want: BTreeSet<String> = (0..6).map(|r| format!("[fake{}:{r}] {r}", r + 1)).collect();
+    assert_eq!(lines, want.iter().map(String::as_str).collect());
+    // host, its daemon's pid, its launcher's pid, agents of that launcher connecting.
+    let rows: Vec<(String, u32, u32, u32)> = log
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                w.first()?.to_string(),
+                w.get(1)?.parse().ok()?,
+                w.get(2)?.parse().ok()?,
+                w.get(3)?.parse().ok()?,
+            ))
+        })
         .collect();
-    assert_eq!(counts.len(), 6, "{log}");
-    assert!(counts.iter().all(|&n| (1..=2).contains(&n)), "{counts:?}");
+    assert_eq!(rows.len(), 6, "{log}");
+    assert!(rows.iter().all(|r| (1..=2).contains(&r.3)), "{log}");
+    let launcher_of = |host: &str| {
+        let row = rows.iter().find(|r| r.0 == host).expect("host in the log");
+        if row.2 == dsmexec_pid {
+            "dsmexec".to_string()
+        } else {
+            rows.iter()
+                .find(|p| p.1 == row.2)
+                .map_or_else(|| format!("pid {}", row.2), |p| p.0.clone())
+        }
+    };
+    let tree: Vec<String> = (1..=6).map(|i| launcher_of(&format!("fake{i}"))).collect();
+    assert_eq!(
+        tree,
+        ["dsmexec", "dsmexec", "fake1", "fake1", "fake2", "fake2"],
+        "{log}"
+    );
 }
 
 /// Needs no root (fake launch agent). A reader that stops reading for longer than
