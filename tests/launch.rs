@@ -137,6 +137,45 @@ fn examples_run_on_one_to_nine_ranks() {
     }
 }
 
+/// The ported exercises of chapters 11–13 (collectives, datatypes, one-sided) check
+/// their own results; here they run as real processes over the TCP mesh, on rank
+/// counts that include 1, a prime and a non-power of two.
+#[test]
+fn exercise_examples_run_through_dsmexec() {
+    let names = [
+        "ex11_1_bcast_pid",
+        "ex11_2_reduce_max",
+        "ex11_3_scatter_gather",
+        "ex11_4_bcast_star_binomial",
+        "ex11_5_scatter_linear_binomial_binary",
+        "ex11_6_alltoall",
+        "ex11_7_normalize",
+        "ex12_1_contiguous",
+        "ex12_2_vector_column",
+        "ex12_3_transpose",
+        "ex12_4_master_worker_static",
+        "ex12_5_master_worker_dynamic",
+        "ex13_1_get_put_pid",
+        "ex13_2_onesided_ring",
+        "ex13_3_reproducible_random",
+        "ex13_4_irregular_max",
+        "dsm_fibonacci",
+        "dsm_round_robin",
+    ];
+    for n in [1, 2, 3, 4, 7] {
+        for name in names {
+            let out = run(n, &example(name), &[]);
+            assert!(
+                out.status.success(),
+                "{name} on {n} ranks failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+                out.status,
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
 #[test]
 fn a_failing_rank_stops_the_whole_job() {
     let n = 4;
