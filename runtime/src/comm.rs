@@ -8,7 +8,7 @@ use bytemuck::Pod;
 
 use crate::error::{Error, Result};
 use crate::request::{OwnedRequest, Request, Scope};
-use crate::transport::{Completion, RawStatus, RecvTarget, Transport};
+use crate::transport::{Completion, RawStatus, RecvTarget, ReqId, Transport};
 use crate::{Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
 /// Tag of the runtime's own exchange inside [`Communicator::split`] (library plane).
@@ -328,29 +328,51 @@ impl Communicator {
 
     // ----- blocking point-to-point ---------------------------------------------------
 
-    fn send_internal<T: Pod>(&self, buf: &[T], dest: usize, tag: Tag) -> Result<()> {
+    /// Posts a send of `bytes` to rank `dest` of this communicator.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unmodified until the request completes.
+    unsafe fn post_send(&self, bytes: &[u8], dest: usize, tag: Tag) -> Result<ReqId> {
         let dest = self.dest_world(dest)?;
-        let bytes: &[u8] = bytemuck::cast_slice(buf);
-        let t = &self.inner.transport;
-        // SAFETY: `bytes` is borrowed for this whole call, and the request is waited
-        // for (to completion or error) before returning.
-        let id = unsafe { t.isend(dest, self.inner.ctx, tag, bytes.as_ptr(), bytes.len())? };
-        t.wait(id).map(|_| ())
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.inner
+                .transport
+                .isend(dest, self.inner.ctx, tag, bytes.as_ptr(), bytes.len())
+        }
     }
 
-    fn recv_internal<T: Pod>(&self, buf: &mut [T], source: usize, tag: Tag) -> Result<Status> {
+    /// Posts a receive into `bytes` from rank `source` (or any) of this communicator.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and otherwise unaccessed until the request completes.
+    unsafe fn post_recv(&self, bytes: &mut [u8], source: usize, tag: Option<Tag>) -> Result<ReqId> {
         let src = self.source_world(source)?;
-        let t = &self.inner.transport;
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
         let target = RecvTarget::Buffer {
             ptr: bytes.as_mut_ptr(),
             cap: bytes.len(),
         };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.inner.transport.irecv(src, self.inner.ctx, tag, target) }
+    }
+
+    fn send_internal<T: Pod>(&self, buf: &[T], dest: usize, tag: Tag) -> Result<()> {
+        // SAFETY: `buf` is borrowed for this whole call, and the request is waited for
+        // (to completion or error) before returning.
+        let id = unsafe { self.post_send(bytemuck::cast_slice(buf), dest, tag)? };
+        self.inner.transport.wait(id).map(|_| ())
+    }
+
+    fn recv_internal<T: Pod>(&self, buf: &mut [T], source: usize, tag: Tag) -> Result<Status> {
         let tag = if tag == ANY_TAG { None } else { Some(tag) };
         // SAFETY: `buf` is exclusively borrowed for this whole call and the request is
         // waited for before returning.
-        let id = unsafe { t.irecv(src, self.inner.ctx, tag, target)? };
-        let c = t.wait(id).map_err(|e| self.localize(e))?;
+        let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(buf), source, tag)? };
+        let c = self
+            .inner
+            .transport
+            .wait(id)
+            .map_err(|e| self.localize(e))?;
         let st = self.status_of(c.status);
         if !st.bytes.is_multiple_of(std::mem::size_of::<T>().max(1)) {
             return Err(Error::ElementSize {
@@ -462,15 +484,9 @@ impl Communicator {
         dest: usize,
         tag: Tag,
     ) -> Result<Request<'s>> {
-        let dest = self.dest_world(dest)?;
-        let bytes: &[u8] = bytemuck::cast_slice(buf);
         // SAFETY: `buf` is borrowed for 'a, which outlives the scope; the scope waits
         // for every request it registered before 'a ends, even if the request is leaked.
-        let id = unsafe {
-            self.inner
-                .transport
-                .isend(dest, self.inner.ctx, tag, bytes.as_ptr(), bytes.len())?
-        };
+        let id = unsafe { self.post_send(bytemuck::cast_slice(buf), dest, tag)? };
         Ok(Request::new(scope, self.clone(), id))
     }
 
@@ -484,18 +500,8 @@ impl Communicator {
         tag: Tag,
     ) -> Result<Request<'s>> {
         let tag = check_recv_tag(tag)?;
-        let src = self.source_world(source)?;
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
-        let target = RecvTarget::Buffer {
-            ptr: bytes.as_mut_ptr(),
-            cap: bytes.len(),
-        };
         // SAFETY: as in `isend`: the scope outlives no borrow of `buf`.
-        let id = unsafe {
-            self.inner
-                .transport
-                .irecv(src, self.inner.ctx, tag, target)?
-        };
+        let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(buf), source, tag)? };
         Ok(Request::new(scope, self.clone(), id))
     }
 
@@ -508,16 +514,10 @@ impl Communicator {
         tag: Tag,
     ) -> Result<OwnedRequest<T>> {
         check_tag(tag)?;
-        let dest = self.dest_world(dest)?;
-        let bytes: &[u8] = bytemuck::cast_slice(&buf);
         // SAFETY: the heap block of `buf` moves into the request (moving a Vec does not
         // move its heap block) and is freed only after the transport completed the
         // send: `wait` and `Drop` wait first, and a leaked request leaks the block.
-        let id = unsafe {
-            self.inner
-                .transport
-                .isend(dest, self.inner.ctx, tag, bytes.as_ptr(), bytes.len())?
-        };
+        let id = unsafe { self.post_send(bytemuck::cast_slice(&buf), dest, tag)? };
         Ok(OwnedRequest::new(self.clone(), id, buf))
     }
 
@@ -530,18 +530,8 @@ impl Communicator {
         tag: Tag,
     ) -> Result<OwnedRequest<T>> {
         let tag = check_recv_tag(tag)?;
-        let src = self.source_world(source)?;
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
-        let target = RecvTarget::Buffer {
-            ptr: bytes.as_mut_ptr(),
-            cap: bytes.len(),
-        };
         // SAFETY: as in `isend_owned`: the heap block outlives the request's use of it.
-        let id = unsafe {
-            self.inner
-                .transport
-                .irecv(src, self.inner.ctx, tag, target)?
-        };
+        let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(&mut buf), source, tag)? };
         Ok(OwnedRequest::new(self.clone(), id, buf))
     }
 
