@@ -82,7 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let want = 2 * (n as u64) * (n as u64 - 1) / 2;
         all.sort_unstable();
         let unique = all.iter().enumerate().all(|(i, &t)| t == i as u64);
-        println!("pi = {:.12} (error {err:.2e}) from {intervals} intervals on {n} ranks", pi[0]);
+        println!(
+            "pi = {:.12} (error {err:.2e}) from {intervals} intervals on {n} ranks",
+            pi[0]
+        );
         println!("ring token = {} (expected {want})", token[0]);
         println!(
             "window counter = {} after {} fetch-and-adds; tickets unique: {unique}",
