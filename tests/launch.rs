@@ -176,6 +176,25 @@ fn exercise_examples_run_through_dsmexec() {
     }
 }
 
+/// Far more ranks than cores: waiting ranks must sleep instead of spinning, or a ring
+/// would crawl. 64 ranks build a full mesh (2016 connections) and pass a token round.
+#[test]
+fn sixty_four_ranks_on_two_cores_finish_a_ring() {
+    let out = run(64, &example("ex10_3_ring"), &["20"]);
+    assert!(
+        out.status.success(),
+        "{:?}\n{}\n{}",
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("ring of 64 ranks ok: 20 laps"),
+        "{}",
+        out.stdout
+    );
+}
+
 #[test]
 fn a_failing_rank_stops_the_whole_job() {
     let n = 4;
