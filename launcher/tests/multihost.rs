@@ -100,6 +100,13 @@ impl Cluster {
     /// `n` hosts named node1..noden, or `None` (with a message) if this machine
     /// cannot make them.
     fn new(n: usize) -> Option<Cluster> {
+        Cluster::with_tmp(n, false)
+    }
+
+    /// As [`Cluster::new`]; with `private_tmp`, every host's sessions get
+    /// `TMPDIR` in their own hidden tmpfs, as separate machines have separate
+    /// `/tmp`s (so `--ship`'s cache is not shared between hosts).
+    fn with_tmp(n: usize, private_tmp: bool) -> Option<Cluster> {
         if let Some(why) = missing_prerequisite() {
             eprintln!("SKIPPED multi-host test: {why}");
             return None;
@@ -133,11 +140,11 @@ impl Cluster {
             hosts: Vec::new(),
             hidden,
         };
-        c.build(n, pid, seq);
+        c.build(n, pid, seq, private_tmp);
         Some(c)
     }
 
-    fn build(&mut self, n: usize, pid: u32, seq: u32) {
+    fn build(&mut self, n: usize, pid: u32, seq: u32, private_tmp: bool) {
         let x = self.subnet;
         sh(&[
             "ip",
@@ -211,7 +218,12 @@ impl Cluster {
                     "ListenAddress {ip}\nPort 22\nHostKey {hk}\nAuthorizedKeysFile {ak}\n\
                      UsePAM no\nStrictModes no\nPermitRootLogin yes\n\
                      PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     PidFile {pidf}\nLogLevel ERROR\nMaxStartups 10:30:100\n",
+                     PidFile {pidf}\nLogLevel ERROR\nMaxStartups 10:30:100\n{tmp}",
+                    tmp = if private_tmp {
+                        format!("SetEnv TMPDIR={}\n", self.hidden.display())
+                    } else {
+                        String::new()
+                    },
                     hk = key("hostkey"),
                     ak = key("authorized_keys"),
                     pidf = key(&format!("sshd.{i}.pid")),
@@ -472,9 +484,24 @@ fn args<'a>(hostfile: &'a str, agent: &'a str, rest: &[&'a str]) -> Vec<&'a str>
 /// A rank program that prints `PID <rank> <pid> <hostname>` and then sleeps.
 const SLEEPER: &str = r#"echo "PID $DSMPI_RANK $$ $(hostname)"; exec sleep 300"#;
 
-/// Starts a sleeper job and returns it with every rank's pid, by rank.
+/// Starts a sleeper job on node1..node3 and returns it with every rank's pid, by rank.
 fn start_sleepers(c: &Cluster, np: usize, extra: &[&str]) -> (Running, Vec<(u32, i32, String)>) {
-    let hf = c.hostfile("node1 slots=2\nnode2 slots=2\nnode3 slots=2\n");
+    start_sleepers_on(
+        c,
+        "node1 slots=2\nnode2 slots=2\nnode3 slots=2\n",
+        np,
+        extra,
+    )
+}
+
+/// Starts a sleeper job on the hosts of `hostfile` (its text).
+fn start_sleepers_on(
+    c: &Cluster,
+    hostfile: &str,
+    np: usize,
+    extra: &[&str],
+) -> (Running, Vec<(u32, i32, String)>) {
+    let hf = c.hostfile(hostfile);
     let agent = c.agent();
     let np_s = np.to_string();
     let mut rest = vec!["-n", np_s.as_str()];
@@ -1121,4 +1148,274 @@ fn a_slow_reader_does_not_look_like_a_dead_host() {
         String::from_utf8_lossy(&out.stdout).lines().count(),
         600_000
     );
+}
+
+/// Six hosts, two ranks each, as a hostfile.
+const SIX_HOSTS: &str =
+    "node1 slots=2\nnode2 slots=2\nnode3 slots=2\nnode4 slots=2\nnode5 slots=2\nnode6 slots=2\n";
+
+/// With `--launch-fanout 2` six hosts form this tree: dsmexec starts node1 and node2,
+/// node1's daemon starts node3 and node4, node2's starts node5 and node6.
+const TREE_PARENT: [(&str, Option<&str>); 6] = [
+    ("node1", None),
+    ("node2", None),
+    ("node3", Some("node1")),
+    ("node4", Some("node1")),
+    ("node5", Some("node2")),
+    ("node6", Some("node2")),
+];
+
+/// Processes whose parent is `ppid` and whose command name is `comm`.
+fn children_named(ppid: u32, comm: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                let Some((head, rest)) = st.rsplit_once(") ") else {
+                    return false;
+                };
+                let name = head.split_once(" (").map_or("", |(_, n)| n);
+                let parent = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+                name == comm && parent == Some(ppid)
+            })
+        })
+        .collect()
+}
+
+/// Peer addresses of the ssh connections a host's sshd has established.
+fn ssh_peers(c: &Cluster, h: &Host) -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &h.ns, "ss", "-tnH", "state", "established"])
+        .args(["(", "sport", "=", ":22", ")"])
+        .output()
+        .expect("ss");
+    let _ = c;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let addrs: Vec<&str> = l.split_whitespace().filter(|w| w.contains(':')).collect();
+            let peer = addrs.get(1)?;
+            Some(peer.rsplit_once(':')?.0.to_string())
+        })
+        .collect()
+}
+
+/// The daemon (`dsmwrap --daemon`, not an ssh client carrying that command) of a host.
+fn daemon_of(c: &Cluster, name: &str) -> i32 {
+    c.leftovers(c.host(name))
+        .into_iter()
+        .find(|(_, cmd)| cmd.starts_with(DSMWRAP) && cmd.contains("--daemon"))
+        .unwrap_or_else(|| panic!("{name}'s bootstrap"))
+        .0
+}
+
+#[test]
+fn a_launch_tree_keeps_each_sshd_at_one_connection_and_reports_a_leaf_rank() {
+    let Some(c) = Cluster::new(6) else { return };
+    let (mut r, pids) = start_sleepers_on(&c, SIX_HOSTS, 12, &["--launch-fanout", "2"]);
+    for p in &pids {
+        assert_eq!(p.2, format!("node{}", p.0 / 2 + 1), "{pids:?}");
+    }
+    // dsmexec has exactly two ssh clients (the tree's first level) ...
+    let dsmexec_pid = r.child.id();
+    assert_eq!(children_named(dsmexec_pid, "ssh").len(), 2);
+    // ... each daemon of the first level two more, the leaves none ...
+    for (name, parent) in TREE_PARENT {
+        let daemon = daemon_of(&c, name) as u32;
+        let want = if parent.is_none() { 2 } else { 0 };
+        assert_eq!(children_named(daemon, "ssh").len(), want, "{name}");
+    }
+    // ... and every sshd sees one connection, from the host that launched it.
+    for (name, parent) in TREE_PARENT {
+        let from = parent.map_or_else(
+            || format!("10.250.{}.1", c.subnet),
+            |p| c.host(p).ip.clone(),
+        );
+        assert_eq!(ssh_peers(&c, c.host(name)), [from], "{name}");
+    }
+    // A rank on a leaf dies: its report comes up through node2's daemon.
+    let victim = &pids[9];
+    kill(Pid::from_raw(victim.1), Signal::SIGKILL).expect("kill rank 9");
+    let f = r.finish();
+    assert_eq!(f.code(), 128 + libc::SIGKILL, "stderr: {}", f.stderr);
+    assert_eq!(
+        f.reports(),
+        [format!(
+            "dsmexec: rank 9 (pid {}) on node5 was killed by signal SIGKILL (9)",
+            victim.1
+        )],
+        "{}",
+        f.stderr
+    );
+    assert!(f.waited < Duration::from_secs(15), "took {:?}", f.waited);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn a_killed_mid_tree_bootstrap_takes_its_subtree_down() {
+    let Some(c) = Cluster::new(6) else { return };
+    let (mut r, pids) = start_sleepers_on(&c, SIX_HOSTS, 12, &["--launch-fanout", "2"]);
+    kill(Pid::from_raw(daemon_of(&c, "node1")), Signal::SIGKILL).expect("kill node1's bootstrap");
+    let f = r.finish();
+    assert_eq!(f.code(), 1, "stderr: {}", f.stderr);
+    assert_eq!(
+        f.reports(),
+        [
+            "dsmexec: lost host node1 (ranks 0,1) and the hosts it launched, node3 (ranks 4,5), \
+          node4 (ranks 6,7): its bootstrap closed the link (killed, or its host went down)"
+        ],
+        "{}",
+        f.stderr
+    );
+    assert!(f.waited < Duration::from_secs(15), "took {:?}", f.waited);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+#[test]
+fn a_cut_leaf_link_is_found_by_its_parent_daemon() {
+    let Some(c) = Cluster::new(6) else { return };
+    let (mut r, pids) = start_sleepers_on(
+        &c,
+        SIX_HOSTS,
+        12,
+        &["--launch-fanout", "2", "--heartbeat-timeout", "2"],
+    );
+    sh(&["ip", "link", "set", &c.host("node6").veth, "down"]);
+    let f = r.finish();
+    assert_eq!(f.code(), 1, "stderr: {}", f.stderr);
+    let reports = f.reports();
+    assert_eq!(reports.len(), 1, "{}", f.stderr);
+    assert!(
+        reports[0].starts_with("dsmexec: lost host node6 (ranks 10,11): no heartbeat for "),
+        "{}",
+        f.stderr
+    );
+    assert!(f.waited < Duration::from_secs(20), "took {:?}", f.waited);
+    // node6's daemon finds its parent silent and kills its ranks.
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+/// State letter of a process (`R`, `S`, `T`, ...), `None` once it is gone.
+fn state(pid: i32) -> Option<char> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    st.rsplit_once(") ")?.1.chars().next()
+}
+
+fn wait_states(pids: &[(u32, i32, String)], stopped: bool) {
+    let start = Instant::now();
+    loop {
+        let wrong: Vec<_> = pids
+            .iter()
+            .filter(|p| (state(p.1) == Some('T')) != stopped)
+            .collect();
+        if wrong.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not {}: {wrong:?}",
+            if stopped { "stopped" } else { "running" }
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigtstp_and_sigcont_reach_every_rank_through_the_tree() {
+    let Some(c) = Cluster::new(6) else { return };
+    let (mut r, pids) = start_sleepers_on(
+        &c,
+        SIX_HOSTS,
+        12,
+        &["--launch-fanout", "2", "--heartbeat-timeout", "2"],
+    );
+    let dsmexec = Pid::from_raw(r.child.id() as i32);
+    kill(dsmexec, Signal::SIGTSTP).expect("SIGTSTP dsmexec");
+    wait_states(&pids, true);
+    // Stopped ranks are not a dead job: longer than the heartbeat bound, nothing ends.
+    thread::sleep(Duration::from_secs(3));
+    assert!(r.child.try_wait().expect("wait").is_none(), "dsmexec ended");
+    wait_states(&pids, true);
+    kill(dsmexec, Signal::SIGCONT).expect("SIGCONT dsmexec");
+    wait_states(&pids, false);
+    kill(dsmexec, Signal::SIGTERM).expect("SIGTERM dsmexec");
+    let f = r.finish();
+    assert_eq!(f.code(), 128 + libc::SIGTERM, "stderr: {}", f.stderr);
+    assert!(f.reports().is_empty(), "{}", f.stderr);
+    assert_gone(&pids);
+    c.assert_clean();
+}
+
+/// Bytes a host's veth (bridge side) sent into the host and received from it.
+fn veth_bytes(h: &Host) -> (u64, u64) {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{}/statistics/{what}", h.veth))
+            .expect("veth counters")
+            .trim()
+            .parse::<u64>()
+            .expect("a number")
+    };
+    (read("tx_bytes"), read("rx_bytes"))
+}
+
+/// Every host has its own /tmp (so its own ship cache) and none has the program:
+/// the first level gets the bytes from dsmexec and passes them on to its children
+/// itself, so they cross each link once.
+#[test]
+fn ship_works_through_the_tree() {
+    let Some(c) = Cluster::with_tmp(6, true) else {
+        return;
+    };
+    // readlink padded to 4 MiB (the loader ignores trailing bytes): big enough that
+    // the traffic of each copy stands out from ssh's own.
+    let prog = c.hidden.join("dsm-shipped-readlink");
+    let mut bytes = std::fs::read("/usr/bin/readlink").expect("read readlink");
+    let size = 4 << 20;
+    bytes.resize(size, 0);
+    std::fs::write(&prog, &bytes).expect("write the program");
+    sh(&["chmod", "+x", &prog.to_string_lossy()]);
+    let prog_s = prog.to_string_lossy().into_owned();
+    let hf = c.hostfile(SIX_HOSTS);
+    let agent = c.agent();
+    let before: Vec<(u64, u64)> = c.hosts.iter().map(veth_bytes).collect();
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "--ship",
+            "--launch-fanout",
+            "2",
+            "--tag-output",
+            &prog_s,
+            "/proc/self/exe",
+        ],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    assert_eq!(f.stdout.len(), 12, "{:?}", f.stdout);
+    for line in &f.stdout {
+        assert!(
+            line.contains("/dsmpi-ship-0/"),
+            "ran the shipped copy: {line}"
+        );
+    }
+    for (i, h) in c.hosts.iter().enumerate().take(2) {
+        let (tx, rx) = veth_bytes(h);
+        let (into, out) = (tx - before[i].0, rx - before[i].1);
+        assert!(
+            into < size as u64 * 3 / 2,
+            "{} received {into} bytes: more than one copy",
+            h.name
+        );
+        assert!(
+            out > size as u64 * 2,
+            "{} sent {out} bytes: not a copy to each of its two children",
+            h.name
+        );
+    }
+    c.assert_clean();
 }
