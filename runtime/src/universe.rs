@@ -24,7 +24,7 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 #[derive(Debug)]
 pub struct Universe {
     world: Communicator,
-    transport: Arc<Engine>,
+    transport: Arc<dyn Transport>,
     pmi: Option<Mutex<TcpStream>>,
     endpoint: Option<SocketAddr>,
     done: AtomicBool,
@@ -85,7 +85,72 @@ pub fn init() -> Result<Universe> {
     r
 }
 
+/// Environment variables that MPI launchers set in every process they start, and the
+/// launcher each one reveals, in the order they are looked for.
+pub const MPI_LAUNCHER_VARS: [(&str, &str); 3] = [
+    ("OMPI_COMM_WORLD_RANK", "Open MPI's mpirun"),
+    ("PMI_RANK", "an MPICH/Hydra mpiexec (PMI)"),
+    (
+        "PMIX_RANK",
+        "a PMIx launcher (Open MPI 5, Slurm srun --mpi=pmix)",
+    ),
+];
+
+/// Which transport [`init`] starts, decided from the environment alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// No launcher variable: a world of one rank.
+    Singleton,
+    /// `DSMPI_RANK` is set: dsmexec started this process; dsmpi's TCP mesh.
+    Dsmexec,
+    /// An MPI launcher started this process (the variable that says so): the `mpi`
+    /// transport.
+    Mpi(&'static str),
+}
+
+/// Decides the backend from environment lookups (`get(name)`), without side effects.
+///
+/// `DSMPI_RANK` wins over MPI's variables: a process started by `dsmexec` that itself
+/// runs under an MPI launcher (`mpirun -n 1 dsmexec -n 4 prog`) inherits both, and its
+/// nearest launcher is dsmexec. Without the `mpi` feature, a process started by an MPI
+/// launcher gets a [`Error::Bootstrap`] that says to rebuild with `--features mpi`:
+/// running on silently as a world of one would make `mpirun -n 4 prog` four unrelated
+/// one-rank jobs.
+pub fn choose_backend(get: impl Fn(&str) -> Option<String>) -> Result<BackendChoice> {
+    if get(bootstrap::ENV_RANK).is_some() {
+        return Ok(BackendChoice::Dsmexec);
+    }
+    let Some(&(var, who)) = MPI_LAUNCHER_VARS.iter().find(|(v, _)| get(v).is_some()) else {
+        return Ok(BackendChoice::Singleton);
+    };
+    if cfg!(feature = "mpi") {
+        Ok(BackendChoice::Mpi(var))
+    } else {
+        Err(Error::Bootstrap(format!(
+            "this program was started by {who} ({var} is set), but this build of dsmpi has no \
+             MPI backend: rebuild with `--features mpi` (needs an MPI library, e.g. Debian's \
+             libopenmpi-dev, plus libclang-dev and pkg-config), or launch it with \
+             `dsmexec -n N program`"
+        )))
+    }
+}
+
 fn init_inner() -> Result<Universe> {
+    match choose_backend(|v| std::env::var(v).ok())? {
+        #[cfg(feature = "mpi")]
+        BackendChoice::Mpi(_) => {
+            let t: Arc<dyn Transport> = Arc::new(crate::transport::mpi::MpiTransport::init()?);
+            return Ok(Universe::assemble(t, None, None));
+        }
+        #[cfg(not(feature = "mpi"))]
+        BackendChoice::Mpi(var) => {
+            // choose_backend only picks MPI with the feature on.
+            return Err(Error::Bootstrap(format!(
+                "{var} is set but this build has no MPI backend"
+            )));
+        }
+        BackendChoice::Singleton | BackendChoice::Dsmexec => {}
+    }
     let Some(rank) = env_num(bootstrap::ENV_RANK)? else {
         // A singleton: no launcher, a world of one.
         let engine = Engine::new(
@@ -240,14 +305,13 @@ fn init_inner() -> Result<Universe> {
 
 impl Universe {
     fn assemble(
-        engine: Arc<Engine>,
+        transport: Arc<dyn Transport>,
         pmi: Option<TcpStream>,
         endpoint: Option<SocketAddr>,
     ) -> Universe {
-        let t: Arc<dyn Transport> = engine.clone();
         Universe {
-            world: Communicator::world(t),
-            transport: engine,
+            world: Communicator::world(transport.clone()),
+            transport,
             pmi: pmi.map(Mutex::new),
             endpoint,
             done: AtomicBool::new(false),
@@ -453,4 +517,53 @@ where
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn no_launcher_is_a_singleton() {
+        assert_eq!(
+            choose_backend(env(&[("HOME", "/root")])).ok(),
+            Some(BackendChoice::Singleton)
+        );
+    }
+
+    #[test]
+    fn dsmexec_wins_over_an_outer_mpirun() {
+        let vars = [("OMPI_COMM_WORLD_RANK", "0"), (bootstrap::ENV_RANK, "2")];
+        assert_eq!(
+            choose_backend(env(&vars)).ok(),
+            Some(BackendChoice::Dsmexec)
+        );
+    }
+
+    #[test]
+    fn each_mpi_launcher_is_recognized() {
+        for (var, _) in MPI_LAUNCHER_VARS {
+            let vars = [(var, "1")];
+            let got = choose_backend(env(&vars));
+            if cfg!(feature = "mpi") {
+                assert_eq!(got.ok(), Some(BackendChoice::Mpi(var)));
+            } else {
+                match got {
+                    Err(Error::Bootstrap(msg)) => {
+                        assert!(msg.contains("--features mpi"), "{msg}");
+                        assert!(msg.contains(var), "{msg}");
+                    }
+                    other => panic!("{var}: expected a bootstrap error, got {other:?}"),
+                }
+            }
+        }
+    }
 }
