@@ -945,7 +945,8 @@ fn output_dir_gets_one_file_per_rank_and_stream() {
 
 /// Start-up time, not a check: `cargo test -p dsmpi-launcher --test multihost --
 /// --ignored --nocapture measure_startup` prints the median wall time of jobs on 1,
-/// 3 and 6 hosts (2 ranks per host), with a bare `ssh node1 true` for scale.
+/// 3 and 6 hosts (2 ranks per host), flat (the default degree 8) and as a launch tree
+/// of degree 2, with a bare `ssh node1 true` for scale.
 #[test]
 #[ignore]
 fn measure_startup() {
@@ -992,18 +993,23 @@ fn measure_startup() {
                     .map(|i| format!("node{i} slots=2\n"))
                     .collect::<String>(),
             );
-            let t = median(&|| {
-                Command::new(DSMEXEC)
-                    .args(["-f", &hf, "--launch-agent", &agent, prog])
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            });
-            eprintln!(
-                "{prog}: {hosts} hosts, -n {}: {:.1} ms",
-                2 * hosts,
-                t.as_secs_f64() * 1e3
-            );
+            // The default degree (8: every host a child of dsmexec here) and degree
+            // 2 (a tree of depth 2 from 3 hosts on).
+            for fanout in ["8", "2"] {
+                let t = median(&|| {
+                    Command::new(DSMEXEC)
+                        .args(["-f", &hf, "--launch-agent", &agent])
+                        .args(["--launch-fanout", fanout, prog])
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                });
+                eprintln!(
+                    "{prog}: {hosts} hosts, -n {}, --launch-fanout {fanout}: {:.1} ms",
+                    2 * hosts,
+                    t.as_secs_f64() * 1e3
+                );
+            }
             if prog == "hostname" && Path::new("/usr/bin/mpirun").exists() {
                 let np = (2 * hosts).to_string();
                 let net = format!("10.250.{}.0/24", c.subnet);
