@@ -87,7 +87,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_timeout)]
     pub connect_timeout: Duration,
 
-    /// Hosts being connected to at once, at most (sshd's MaxStartups is 10).
+    /// Degree of the launch tree: dsmexec and each host's bootstrap start at most K
+    /// hosts (flat up to K hosts; with srun, hosts connecting at once).
     #[arg(long, value_name = "K", default_value_t = 8, value_parser = parse_np)]
     pub launch_fanout: u32,
 

@@ -1425,3 +1425,44 @@ fn ship_works_through_the_tree() {
     }
     c.assert_clean();
 }
+
+#[test]
+fn an_unreachable_host_deep_in_the_tree_fails_in_one_line() {
+    let Some(c) = Cluster::new(2) else { return };
+    let agent = c.agent();
+    // Degree 1: a chain, dsmexec -> node1 -> node2 -> ghost; node2's daemon finds
+    // out and says so in ghost's name.
+    let hf = c.hostfile("node1\nnode2\nghost\n");
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "--launch-fanout",
+            "1",
+            "--display-map",
+            "--connect-timeout",
+            "8",
+            "sleep",
+            "30",
+        ],
+    ));
+    assert_eq!(f.code(), 1, "stderr: {}", f.stderr);
+    assert_eq!(
+        &f.stdout[..],
+        [
+            "dsmexec: map: node1: ranks 0",
+            "dsmexec: map: node2 (launched by node1): ranks 1",
+            "dsmexec: map: ghost (launched by node2): ranks 2",
+        ]
+    );
+    let reports = f.reports();
+    assert_eq!(reports.len(), 1, "{}", f.stderr);
+    assert!(
+        reports[0].starts_with("dsmexec: cannot start ranks on ghost: ")
+            && reports[0].contains(&format!("10.250.{}.99", c.subnet)),
+        "{}",
+        reports[0]
+    );
+    assert!(f.waited < Duration::from_secs(25), "took {:?}", f.waited);
+    c.assert_clean();
+}
