@@ -448,3 +448,27 @@ fn a_glance_at_the_sockets_does_not_steal_a_sleepers_wake_up() {
         }
     });
 }
+
+#[test]
+fn a_one_gib_message_arrives_whole() {
+    // The rendezvous moves it straight from the sender's buffer into the posted one:
+    // the receiver never holds more than its own buffer.
+    let len = 1usize << 30;
+    run_local_with(LocalBackend::Sockets, 2, |w| {
+        if w.rank() == 0 {
+            let mut data = vec![0u8; len];
+            for (i, chunk) in data.chunks_mut(1 << 20).enumerate() {
+                chunk.fill(i as u8);
+            }
+            w.send(&data, 1, 0).unwrap();
+        } else {
+            let mut buf = vec![0xEEu8; len];
+            let st = w.recv_into(&mut buf, 0, 0).unwrap();
+            assert_eq!(st.bytes(), len);
+            for (i, chunk) in buf.chunks(1 << 20).enumerate() {
+                assert!(chunk.iter().all(|&b| b == i as u8), "MiB {i} is wrong");
+            }
+        }
+    })
+    .unwrap();
+}
