@@ -948,7 +948,7 @@ fn output_dir_gets_one_file_per_rank_and_stream() {
 /// 3 and 6 hosts (2 ranks per host), flat (the default degree 8) and as a launch tree
 /// of degree 2, with a bare `ssh node1 true` for scale.
 #[test]
-#[ignore]
+#[ignore = "a start-up measurement, not a check: run it with --ignored"]
 fn measure_startup() {
     let Some(c) = Cluster::new(6) else { return };
     let agent = c.agent();
