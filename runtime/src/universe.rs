@@ -360,8 +360,9 @@ impl Universe {
             code,
             msg: msg.to_string(),
         });
-        self.transport.abort();
+        // Said before tearing down: an MPI transport's abort ends the process itself.
         eprintln!("dsmpi: rank {} aborted the job: {msg}", self.world.rank());
+        self.transport.abort();
         std::process::exit(code)
     }
 }

@@ -13,6 +13,8 @@
 
 pub mod engine;
 pub mod local;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub(crate) mod poller;
 pub mod tcp;
 pub mod wire;
