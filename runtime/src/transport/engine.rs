@@ -55,18 +55,24 @@ pub struct EngineConfig {
     pub eager_limit: usize,
     /// How long a waiting thread busy-polls before it sleeps.
     pub spin: Duration,
+    /// Whether a polling thread yields its core between polls (more ranks than cores
+    /// on this host): the rank it waits for may need that core to send.
+    pub yield_while_spinning: bool,
 }
 
 impl EngineConfig {
     /// Defaults, overridden by `DSMPI_EAGER_LIMIT` (bytes) and `DSMPI_SPIN_US`.
     ///
-    /// When more ranks share the host than it has cores, the default spin is zero:
-    /// a spinning rank would only steal the core the rank it waits for needs.
+    /// When more ranks share the host than it has cores, a polling rank yields its
+    /// core between polls (`sched_yield`), as Open MPI does when oversubscribed: the
+    /// rank it waits for gets the core, yet the wait still ends without a 25–30 µs
+    /// wake-up from sleep. Measured with `ex10_1_pingpong` under `dsmexec -n 4` on 2
+    /// cores: sleeping at once gave a 46 µs round trip for 8 B, yielding 7 µs.
     pub fn from_env(ranks_on_host: usize) -> EngineConfig {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
-        let default_spin = if ranks_on_host > cores { 0 } else { 50 };
+        let default_spin = 50;
         let num = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -76,6 +82,7 @@ impl EngineConfig {
         EngineConfig {
             eager_limit: num("DSMPI_EAGER_LIMIT", 64 * 1024) as usize,
             spin: Duration::from_micros(num("DSMPI_SPIN_US", default_spin)),
+            yield_while_spinning: ranks_on_host > cores,
         }
     }
 }
@@ -1165,8 +1172,12 @@ impl Engine {
             }
             if start.elapsed() < self.cfg.spin {
                 drop(st);
-                for _ in 0..32 {
-                    std::hint::spin_loop();
+                if self.cfg.yield_while_spinning {
+                    std::thread::yield_now();
+                } else {
+                    for _ in 0..32 {
+                        std::hint::spin_loop();
+                    }
                 }
                 st = self.lock();
                 // Between looks at the whole epoll set, read the peer that spoke last
