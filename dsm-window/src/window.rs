@@ -181,17 +181,32 @@ impl Window {
             pscw: Mutex::new(Pscw::default()),
             freed: false,
         };
-        // From here on, dropping `win` stops what was started.
+        // From here on a failure stops what was started, without the collective part
+        // of teardown (the other ranks may be anywhere in `allocate`).
+        match win
+            .start_fault_path(app, app_len)
+            .and_then(|_| barrier(&sh.comm))
+        {
+            Ok(()) => Ok(win),
+            Err(e) => {
+                let _ = win.teardown(false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the fault thread and registers the application view with the handler.
+    fn start_fault_path(&mut self, app: usize, app_len: usize) -> Result<()> {
         let (chan, pipe) = FaultChannel::new()?;
         let chan: Arc<FaultChannel> = Arc::from(chan);
-        let (s3, c3) = (sh.clone(), chan.clone());
-        win.faulter = Some(spawn(format!("dsm-fault-{me}"), move || {
-            s3.fault_loop(c3, pipe)
+        let (sh, c) = (self.sh.clone(), chan.clone());
+        let me = self.rank();
+        self.faulter = Some(spawn(format!("dsm-fault-{me}"), move || {
+            sh.fault_loop(c, pipe)
         })?);
-        win.chan = Some(chan.clone());
-        win.reg = Some(fault::register(app, app_len, &chan)?);
-        barrier(&sh.comm)?;
-        Ok(win)
+        self.chan = Some(chan.clone());
+        self.reg = Some(fault::register(app, app_len, &chan)?);
+        Ok(())
     }
 
     /// This rank in the window's group.
