@@ -140,35 +140,39 @@
 //!
 //! # Measurements
 //!
-//! `cargo run --release -p dsmpi-window --example window_bench -- --local 2` (threads)
-//! and `dsmexec -n 2|4 target/release/examples/window_bench` (processes, TCP), on a
-//! 2-core machine shared with other builds (load average 3–4: every number is noisy
-//! and sleeping-thread wake-ups of ~50–100 µs show up in many medians). Medians in µs;
-//! ratios are within one run.
+//! `cargo run --release -p dsmpi-window --example window_bench -- --local 2 [--tcp]`
+//! (ranks as threads) and `dsmexec -n 2|4 target/release/examples/window_bench`
+//! (processes over TCP), on a 2-core machine shared with other builds: every number is
+//! noisy, and sleeping-thread wake-ups of 50–250 µs dominate many p99s. Medians in µs;
+//! ratios are taken within one run. "raw TCP" is a blocking loopback ping-pong between
+//! two plain threads (it sleeps in `read`, the runtime spins first, hence the runtime
+//! often beats it here).
 //!
-//! | run                     | raw TCP 8 B | runtime RTT 8 B | get 8 B | get 4 KiB | put 8 B+flush | acc 8 B+flush | remote read fault |
-//! |-------------------------|------------:|----------------:|--------:|----------:|--------------:|--------------:|------------------:|
-//! | threads, sockets, n=2   | 3.9         | 5.7             | 6.6     | 8.8       | 8.4           | 9.0           | 53 (20–180)       |
-//! | processes, TCP, n=4     | 4.3         | 8.7             | 15.3    | 19.6      | 64            | 24            | 33                |
+//! | run                        | runtime RTT 8 B | get 8 B | get 4 KiB | put 8 B + flush | acc 8 B + flush | read fault | fence | lock+unlock |
+//! |----------------------------|----------------:|--------:|----------:|----------------:|----------------:|-----------:|------:|------------:|
+//! | threads, sockets, n=2      | 4.7             | 6.9     | 8.3       | 8.4             | 8.7             | 63         | 8     | 14          |
+//! | processes, TCP, n=2        | 6.7             | 8.6     | 9.4       | 12.6            | 12.4            | 29         | 6     | 17          |
+//! | processes, TCP, n=4 (2 cores, oversubscribed) | —  | 70      | 69        | 72              | 74              | 80         | 200   | 142         |
 //!
-//! - An 8 B `get` costs about 1.1–1.8× the runtime's own round trip and 1.7–3.6× a raw
-//!   blocking TCP ping-pong (the target is 1.2×): the request goes through the
-//!   target's service thread, a second thread to wake.
-//! - A remote page fault costs 1.7× a 4 KiB get in the process run (target ≤ 2×) but
-//!   2–6× in thread runs: on top of the fetch it wakes the fault thread (pipe) and the
-//!   faulting thread (futex). Spinning instead of sleeping was tried and was slower on
-//!   this machine (PAUSE is slow and the spinner takes the core the service needs).
-//! - Pipelined puts cost 0.16–0.4 µs each (aggregation); random 8 B accumulates
-//!   (GUPS-like, 20 000 per rank) 160–650 ns per update against 5–30 ns for the same
-//!   updates bucketed into one message per destination: one-sided wins on latency of
-//!   isolated, irregular updates (13.4's counters, tickets, locks), bucketing wins on
-//!   throughput when the updates are known in advance.
-//! - A 1-D halo exchange costs ~6 µs per iteration with isend/irecv, ~240–300 µs with
+//! - An 8 B `get` costs 1.3–1.5× the runtime's own 8 B round trip (target: 1.2× a raw
+//!   TCP round trip): the request is served by the target's service thread, which may
+//!   have to be woken.
+//! - A remote read fault costs 3× a 4 KiB `get` in processes and up to 7× with thread
+//!   ranks (target ≤ 2×; 1.7× was seen in one quieter run): on top of the fetch it
+//!   wakes the fault thread (pipe) and then the faulting thread (futex). Spinning
+//!   instead of sleeping on either side was tried and was slower here (PAUSE is slow,
+//!   and the spinner takes the core the service threads need).
+//! - Aggregation makes pipelined puts cost 0.2–0.4 µs (8 B) and 3–6 µs (4 KiB) each.
+//!   Random 8 B accumulates (GUPS-like, 20 000 per rank) cost 250–530 ns per update,
+//!   against 11–60 ns for the same updates bucketed into one message per destination
+//!   (before aggregation one-sided was ~2 µs per update): one-sided wins on isolated,
+//!   irregular updates whose targets are not known in advance (13.4's counters,
+//!   tickets, locks); bucketing wins on throughput when they are.
+//! - A 1-D halo exchange costs ~8 µs per iteration with isend/irecv, ~280–380 µs with
 //!   fence or PSCW windows (n=2): each epoch is several acknowledged round trips
-//!   through sleeping service threads. For regular neighbour exchanges two-sided wins.
-//! - `fence` costs 4–25 µs at n=2 and ~110 µs at n=4; `lock`/`unlock` of one target
-//!   14–30 µs; `lock_all`/`unlock_all` grows linearly (2n round trips).
-
+//!   through sleeping service threads. For regular neighbour exchanges two-sided wins
+//!   by ~40×.
+//! - `lock_all`/`unlock_all` costs 2n round trips (18 µs at n=2 in processes).
 #![warn(missing_docs)]
 
 mod element;
