@@ -305,3 +305,29 @@ fn rank_dying_with_a_lock_fails_the_waiters_instead_of_hanging() {
     assert!(r.is_err(), "the panic of rank 1 is resumed");
     assert!(WAITER_FAILED.load(Ordering::SeqCst));
 }
+
+#[test]
+fn exclusive_locks_exclude_and_range_locks_serialize_writers() {
+    let n = 5;
+    run_local(n, |world| {
+        let win = Window::allocate(&world, 64).unwrap();
+        for _ in 0..30 {
+            // Passive-target exclusive lock on rank 0: nobody else inside.
+            win.lock(LockType::Exclusive, 0).unwrap();
+            assert_eq!(win.fetch_and_op(1u64, 0, 0, Op::Sum).unwrap(), 0);
+            win.fetch_and_op(u64::MAX, 0, 0, Op::Sum).unwrap();
+            win.unlock(0).unwrap();
+            // Byte-range write lock on rank 1's first word: nobody else inside.
+            let off = win.segment_offset(1, 0).unwrap();
+            let g = win.lock_write(off, 8).unwrap();
+            assert_eq!(win.fetch_and_op(1u64, 1, 1, Op::Sum).unwrap(), 0);
+            win.fetch_and_op(u64::MAX, 1, 1, Op::Sum).unwrap();
+            g.release().unwrap();
+            // Readers of a disjoint range never wait for that writer.
+            let r = win.lock_read(off + 16, 8).unwrap();
+            r.release().unwrap();
+        }
+        win.fence().unwrap();
+    })
+    .unwrap();
+}
