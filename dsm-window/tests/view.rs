@@ -59,6 +59,10 @@ fn two_ranks_write_different_halves_of_one_page() {
                 );
             }
         }
+        // Everyone has read before anyone writes again: without this epoch boundary a
+        // slow reader's first fault could fetch the home copy after a fast rank has
+        // already released its next writes (a data race, so any value is allowed).
+        win.fence().unwrap();
         // Interleaved bytes too: rank 0 writes even bytes, rank 1 odd ones.
         if me < 2 {
             for i in (me..4096).step_by(2) {
