@@ -460,11 +460,7 @@ impl Engine {
     }
 
     /// Completes receive `req` with a message already whole in memory.
-    fn deliver(st: &mut State, req: ReqId, target: Target, status: RawStatus, data: Body) {
-        let bytes = match data {
-            Body::Data(v) => v,
-            Body::Rts { .. } => unreachable!("rendezvous bodies are never delivered whole"),
-        };
+    fn deliver(st: &mut State, req: ReqId, target: Target, status: RawStatus, bytes: Vec<u8>) {
         let r = match target {
             Target::Buf(ptr, cap) => {
                 if bytes.len() > cap {
@@ -1002,7 +998,7 @@ impl Engine {
                 };
                 // A receive may have been posted while the payload was arriving.
                 match Self::match_posted(st, p, ctx, tag) {
-                    Some((req, target)) => Self::deliver(st, req, target, status, Body::Data(data)),
+                    Some((req, target)) => Self::deliver(st, req, target, status, data),
                     None => st.unexpected.push_back(Unexpected {
                         src: p,
                         ctx,
@@ -1319,9 +1315,7 @@ impl Transport for Engine {
                 bytes: len,
             };
             match Self::match_posted(&mut st, self.me, ctx, tag) {
-                Some((req, target)) => {
-                    Self::deliver(&mut st, req, target, rstatus, Body::Data(bytes.to_vec()))
-                }
+                Some((req, target)) => Self::deliver(&mut st, req, target, rstatus, bytes.to_vec()),
                 None => st.unexpected.push_back(Unexpected {
                     src: self.me,
                     ctx,
@@ -1386,8 +1380,9 @@ impl Transport for Engine {
         let mut st = self.lock();
         self.check_open(&st)?;
         let id = Self::new_id(&mut st);
-        if let Some(pos) = Self::find_unexpected(&st, src, ctx, tag) {
-            let u = st.unexpected.remove(pos).expect("position is in range");
+        let found =
+            Self::find_unexpected(&st, src, ctx, tag).and_then(|pos| st.unexpected.remove(pos));
+        if let Some(u) = found {
             let status = RawStatus {
                 source: u.src,
                 tag: u.tag,
@@ -1395,7 +1390,7 @@ impl Transport for Engine {
             };
             st.reqs.insert(id, Req::Done(Err(Error::Finalized)));
             match u.body {
-                Body::Data(_) => Self::deliver(&mut st, id, target, status, u.body),
+                Body::Data(bytes) => Self::deliver(&mut st, id, target, status, bytes),
                 Body::Rts { sreq } => {
                     self.accept_rts(&mut st, id, target, u.src, u.ctx, u.tag, u.len, sreq)
                 }
