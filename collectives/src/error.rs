@@ -58,6 +58,11 @@ pub enum Error {
     /// The send and receive type signatures differ.
     #[error("type signature mismatch: {0}")]
     SignatureMismatch(String),
+    /// A `Native` algorithm was asked for on a backend without native collectives.
+    #[error(
+        "native collectives need the mpi backend; this communicator runs on the `{0}` backend"
+    )]
+    NativeUnavailable(&'static str),
     /// Other invalid arguments.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -46,6 +46,7 @@ pub mod bcast;
 pub mod datatype;
 mod error;
 pub mod gather;
+mod native;
 pub mod op;
 pub mod reduce;
 pub mod reduce_scatter;

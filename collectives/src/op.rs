@@ -9,6 +9,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use dsmpi_runtime::transport::NativeOp;
+
 use crate::error::{Error, Result};
 
 /// A reduction operation on elements of type `T`.
@@ -22,6 +24,12 @@ pub trait Operation<T> {
     fn check(&self) -> Result<()> {
         Ok(())
     }
+    /// The backend reduction this operation is, if any: lets `Allreduce::Native`
+    /// hand it to MPI. `None` (the default) for user operations, which MPI cannot run
+    /// without dsmpi's code.
+    fn native_op(&self) -> Option<NativeOp> {
+        None
+    }
 }
 
 impl<T, O: Operation<T> + ?Sized> Operation<T> for &O {
@@ -33,6 +41,9 @@ impl<T, O: Operation<T> + ?Sized> Operation<T> for &O {
     }
     fn check(&self) -> Result<()> {
         (**self).check()
+    }
+    fn native_op(&self) -> Option<NativeOp> {
+        (**self).native_op()
     }
 }
 
@@ -167,6 +178,20 @@ impl<T: Builtin> Operation<T> for SystemOp {
                 ty: T::NAME,
             })
         }
+    }
+    fn native_op(&self) -> Option<NativeOp> {
+        Some(match self {
+            SystemOp::Sum => NativeOp::Sum,
+            SystemOp::Prod => NativeOp::Prod,
+            SystemOp::Min => NativeOp::Min,
+            SystemOp::Max => NativeOp::Max,
+            SystemOp::BitAnd => NativeOp::BitAnd,
+            SystemOp::BitOr => NativeOp::BitOr,
+            SystemOp::BitXor => NativeOp::BitXor,
+            SystemOp::LogicalAnd => NativeOp::LogicalAnd,
+            SystemOp::LogicalOr => NativeOp::LogicalOr,
+            SystemOp::LogicalXor => NativeOp::LogicalXor,
+        })
     }
 }
 

@@ -58,3 +58,50 @@ fn disagreeing_counts_are_a_count_mismatch() {
         out[1]
     );
 }
+
+/// `Native` asks for the backend's own collective: on the local backend (as on the TCP
+/// mesh) there is none, and every rank gets the same clear error instead of a hang.
+#[test]
+fn native_needs_the_mpi_backend() {
+    let unavailable = |r: Result<(), Error>| {
+        matches!(&r, Err(Error::NativeUnavailable("local")))
+            && r.unwrap_err().to_string().contains("need the mpi backend")
+    };
+    run_local(3, |w| {
+        let mut b = [0u32; 6];
+        assert!(unavailable(w.barrier_with(Barrier::Native)));
+        assert!(unavailable(w.broadcast_with(Bcast::Native, 0, &mut b)));
+        assert!(unavailable(w.all_reduce_with(
+            Allreduce::Native,
+            &[1u32, 2],
+            &mut b[..2],
+            SystemOp::Sum
+        )));
+        assert!(unavailable(w.all_to_all_with(
+            Alltoall::Native,
+            &[7u32; 6],
+            &mut b
+        )));
+        let block = [w.rank() as u32; 2];
+        assert!(unavailable(w.gather_with(
+            Gather::Native,
+            0,
+            &block,
+            &mut b
+        )));
+        assert!(unavailable(w.scatter_with(
+            Scatter::Native,
+            0,
+            &[1u32; 6],
+            &mut b[..2]
+        )));
+        // A dsmpi algorithm still works afterwards: nothing was left half-sent.
+        let mut s = [0u32];
+        w.all_reduce_into(&[1u32], &mut s, SystemOp::Sum).unwrap();
+        assert_eq!(s[0], 3);
+        // The split communicators' Native fails alike.
+        let sub = w.split((w.rank() % 2) as i32, 0).unwrap().unwrap();
+        assert!(unavailable(sub.barrier_with(Barrier::Native)));
+    })
+    .unwrap();
+}

@@ -179,6 +179,12 @@ impl Communicator {
         self.inner.group.world_of[r]
     }
 
+    /// World rank of every member, in communicator rank order (what a backend's
+    /// native collectives need to build their own communicator for this group).
+    pub fn world_ranks(&self) -> &[usize] {
+        &self.inner.group.world_of
+    }
+
     /// The transport underneath (for diagnostics and backend-aware code).
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.inner.transport

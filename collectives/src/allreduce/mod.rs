@@ -13,6 +13,7 @@ mod ring;
 pub(crate) use ring::ring_reduce_scatter;
 
 use bytemuck::Pod;
+use dsmpi_runtime::transport::NativeKind;
 use dsmpi_runtime::Communicator;
 
 use crate::error::Result;
@@ -41,10 +42,16 @@ pub enum Allreduce {
     Ring,
     /// Binomial reduce to rank 0, then a broadcast.
     ReduceBcast,
+    /// The backend's own collective (MPI_Allreduce, on the `mpi` backend), for
+    /// comparisons; only for [`SystemOp`](crate::op::SystemOp)s on `u8`…`i64`, `f32`
+    /// and `f64`. Never chosen by [`Allreduce::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Allreduce {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Allreduce::Native`],
+    /// which needs the `mpi` backend).
     pub const ALL: [Allreduce; 3] = [
         Allreduce::RecursiveDoubling,
         Allreduce::Ring,
@@ -77,5 +84,24 @@ pub(crate) fn run<T: Pod>(
         Allreduce::RecursiveDoubling => recursive_doubling::allreduce(lib, send, recv, op),
         Allreduce::Ring => ring::allreduce(lib, send, recv, op),
         Allreduce::ReduceBcast => reduce_bcast::allreduce(lib, send, recv, op),
+        Allreduce::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            // Both are known alike on every rank (same op, same T), so a refusal here
+            // happens everywhere and leaves no rank waiting.
+            let (Some(nop), Some(kind)) = (op.native_op(), NativeKind::of::<T>()) else {
+                return Err(crate::Error::InvalidArgument(format!(
+                    "Allreduce::Native runs built-in operations (SystemOp) on u8..i64, f32 \
+                     and f64 only, not this operation on {}",
+                    std::any::type_name::<T>()
+                )));
+            };
+            Ok(native.allreduce(
+                scope,
+                nop,
+                kind,
+                bytemuck::cast_slice(send),
+                bytemuck::cast_slice_mut(recv),
+            )?)
+        }
     }
 }

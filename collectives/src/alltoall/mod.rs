@@ -41,10 +41,15 @@ pub enum Alltoall {
     Pairwise,
     /// Bruck's index algorithm: ⌈log2 p⌉ steps of about half the data each.
     Bruck,
+    /// The backend's own collective (MPI_Alltoall, on the `mpi` backend), for comparisons.
+    /// Never chosen by [`Alltoall::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Alltoall {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Alltoall::Native`],
+    /// which needs the `mpi` backend).
     pub const ALL: [Alltoall; 3] = [Alltoall::Linear, Alltoall::Pairwise, Alltoall::Bruck];
 
     /// The algorithm the decision function picks for blocks of `bytes` on `ranks`.
@@ -108,6 +113,10 @@ pub(crate) fn run(lib: &Communicator, alg: Alltoall, send: &[u8], recv: &mut [u8
             run_v(lib, v, send, &counts, &displs, recv, &counts, &displs)
         }
         Alltoall::Bruck => bruck::alltoall(lib, send, recv, m),
+        Alltoall::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.alltoall(scope, send, recv)?)
+        }
     }
 }
 

@@ -18,10 +18,15 @@ pub enum Barrier {
     Dissemination,
     /// Everyone signals rank 0, which then releases everyone.
     Linear,
+    /// The backend's own collective (MPI_Barrier, on the `mpi` backend), for comparisons.
+    /// Never chosen by [`Barrier::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Barrier {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Barrier::Native`],
+    /// which needs the `mpi` backend).
     pub const ALL: [Barrier; 2] = [Barrier::Dissemination, Barrier::Linear];
 
     /// The algorithm the decision function picks on `ranks` ranks: dissemination has
@@ -36,5 +41,9 @@ pub(crate) fn run(lib: &Communicator, alg: Barrier) -> Result<()> {
     match alg {
         Barrier::Dissemination => dissemination::barrier(lib),
         Barrier::Linear => linear::barrier(lib),
+        Barrier::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.barrier(scope)?)
+        }
     }
 }

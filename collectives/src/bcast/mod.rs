@@ -52,10 +52,15 @@ pub enum Bcast {
     Pipeline,
     /// Binomial scatter of p blocks, then a ring allgather (van de Geijn).
     ScatterAllgather,
+    /// The backend's own collective (MPI_Bcast, on the `mpi` backend), for comparisons.
+    /// Never chosen by [`Bcast::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Bcast {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Bcast::Native`], which
+    /// needs the `mpi` backend).
     pub const ALL: [Bcast; 5] = [
         Bcast::Linear,
         Bcast::Binomial,
@@ -94,5 +99,9 @@ pub(crate) fn run(lib: &Communicator, alg: Bcast, root: usize, buf: &mut [u8]) -
         Bcast::Binary => binary::bcast(lib, root, buf),
         Bcast::Pipeline => pipeline::bcast(lib, root, buf),
         Bcast::ScatterAllgather => scatter_allgather::bcast(lib, root, buf),
+        Bcast::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.bcast(scope, root, buf)?)
+        }
     }
 }

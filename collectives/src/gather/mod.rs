@@ -28,10 +28,16 @@ pub enum Gather {
     Binomial,
     /// Binary tree.
     Binary,
+    /// The backend's own collective (MPI_Gather, on the `mpi` backend), for comparisons.
+    /// Never chosen by [`Gather::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    /// Only for the equal-block form: the `v` form has no native version.
+    Native,
 }
 
 impl Gather {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Gather::Native`], which
+    /// needs the `mpi` backend).
     pub const ALL: [Gather; 3] = [Gather::Linear, Gather::Binomial, Gather::Binary];
 
     /// The algorithm the decision function picks for `bytes` per rank on `ranks`.
@@ -48,6 +54,8 @@ impl Gather {
             Gather::Linear => Shape::Star,
             Gather::Binomial => Shape::Binomial,
             Gather::Binary => Shape::Binary,
+            // Never used: run_v turns Native away before asking for a shape.
+            Gather::Native => Shape::Star,
         }
     }
 }
@@ -69,6 +77,10 @@ pub(crate) fn run(
         Gather::Linear => linear::gather(lib, root, send, recv),
         Gather::Binomial => binomial::gather(lib, root, send, recv),
         Gather::Binary => binary::gather(lib, root, send, recv),
+        Gather::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.gather(scope, root, send, recv)?)
+        }
     }
 }
 
@@ -90,6 +102,9 @@ pub(crate) fn run_v(
         check_len("gatherv", "send (bytes)", send.len(), counts[root])?;
     }
     match alg {
+        Gather::Native => Err(crate::Error::InvalidArgument(
+            "gatherv has no native form: Gather::Native covers gather (equal blocks) only".into(),
+        )),
         Gather::Linear => linear::gatherv(lib, root, send, recv, counts, displs),
         _ => tree_gatherv(lib, alg.shape(), root, send, recv, counts, displs),
     }

@@ -34,10 +34,16 @@ pub enum Scatter {
     Binomial,
     /// Binary tree (exercise 11.5).
     Binary,
+    /// The backend's own collective (MPI_Scatter, on the `mpi` backend), for comparisons.
+    /// Never chosen by [`Scatter::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    /// Only for the equal-block form: the `v` form has no native version.
+    Native,
 }
 
 impl Scatter {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Scatter::Native`], which
+    /// needs the `mpi` backend).
     pub const ALL: [Scatter; 3] = [Scatter::Linear, Scatter::Binomial, Scatter::Binary];
 
     /// The algorithm the decision function picks for `bytes` per rank on `ranks`.
@@ -54,6 +60,8 @@ impl Scatter {
             Scatter::Linear => Shape::Star,
             Scatter::Binomial => Shape::Binomial,
             Scatter::Binary => Shape::Binary,
+            // Never used: run_v turns Native away before asking for a shape.
+            Scatter::Native => Shape::Star,
         }
     }
 }
@@ -76,6 +84,10 @@ pub(crate) fn run(
         Scatter::Linear => linear::scatter(lib, root, send, recv),
         Scatter::Binomial => binomial::scatter(lib, root, send, recv),
         Scatter::Binary => binary::scatter(lib, root, send, recv),
+        Scatter::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.scatter(scope, root, send, recv)?)
+        }
     }
 }
 
@@ -98,6 +110,10 @@ pub(crate) fn run_v(
         check_len("scatterv", "recv (bytes)", recv.len(), counts[root])?;
     }
     match alg {
+        Scatter::Native => Err(crate::Error::InvalidArgument(
+            "scatterv has no native form: Scatter::Native covers scatter (equal blocks) only"
+                .into(),
+        )),
         Scatter::Linear => linear::scatterv(lib, root, send, counts, displs, recv),
         _ => tree_scatterv(lib, alg.shape(), root, send, counts, displs, recv),
     }

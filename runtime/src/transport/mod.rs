@@ -15,12 +15,15 @@ pub mod engine;
 pub mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod native;
 pub(crate) mod poller;
 pub mod tcp;
 pub mod wire;
 
 use crate::error::Result;
 use crate::Tag;
+
+pub use native::{NativeCollectives, NativeKind, NativeOp, NativeScope};
 
 /// Identifies one outstanding operation inside a transport.
 pub type ReqId = u64;
@@ -128,4 +131,12 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
 
     /// Tears every link down at once, without goodbyes: peers see this rank as lost.
     fn abort(&self);
+
+    /// The backend's own collectives, if it has any (the `mpi` backend: MPI's).
+    ///
+    /// `None` by default: the byte-stream backends have only dsmpi's collectives,
+    /// which run on point-to-point.
+    fn native(&self) -> Option<&dyn NativeCollectives> {
+        None
+    }
 }

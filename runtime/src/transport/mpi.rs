@@ -49,6 +49,26 @@
 //! (default 50 µs, 0 when the host has more ranks than cores), then yielding, then
 //! sleeping 50 µs between polls after 10 ms idle.
 //!
+//! # Native collectives
+//!
+//! [`Transport::native`] offers MPI's own collectives ([`NativeCollectives`]) so that a
+//! program can compare them with dsmpi's. They run on an MPI communicator whose group
+//! is the dsmpi communicator's: for the world communicator the dup'ed world one above;
+//! for any other, one made with `MPI_Comm_create_group` on the first native collective
+//! of that dsmpi context and cached (freed by `finalize`). `MPI_Comm_create_group` is
+//! collective over the group's members only, which is fine: so is the dsmpi
+//! collective that asks for it. It blocks, holding the transport's mutex, until every
+//! member has arrived, so a member must not wait for p2p from another thread of this
+//! process before joining its first native collective on a new communicator.
+//!
+//! Ordering: MPI never matches a collective's messages with point-to-point ones, even
+//! on the same communicator, so native collectives cannot steal dsmpi messages (which
+//! are all p2p) nor the other way round. The collectives themselves are started with
+//! the non-blocking calls (`MPI_Ibcast`, ...) under the mutex, in the order this
+//! process calls them, and completed by polling `MPI_Test` with the mutex released
+//! between polls, so other threads' dsmpi traffic keeps flowing meanwhile. As in MPI,
+//! every member must call the collectives of one communicator in the same order.
+//!
 //! # Errors
 //!
 //! The communicator's error handler is `MPI_ERRORS_RETURN`: a failing MPI call becomes
@@ -62,6 +82,7 @@ use std::time::{Duration, Instant};
 
 use mpi::ffi;
 
+use super::native::{NativeCollectives, NativeKind, NativeOp, NativeScope};
 use super::{Completion, RawStatus, RecvTarget, ReqId, Transport};
 use crate::error::{Error, Result};
 use crate::Tag;
@@ -215,6 +236,9 @@ struct State {
     detached: VecDeque<(Handle<ffi::MPI_Request>, Vec<u8>)>,
     /// Next bulk tag per destination.
     next_bulk: Vec<c_int>,
+    /// MPI communicators made for native collectives, per dsmpi context (library
+    /// plane, `ctx | 1`); freed by `finalize`.
+    native: HashMap<u64, Handle<ffi::MPI_Comm>>,
     closed: bool,
 }
 
@@ -990,7 +1014,17 @@ impl Transport for MpiTransport {
             drop(st);
             backoff.pause();
         }
-        let _st = self.lock();
+        let mut st = self.lock();
+        // Sorted so that every rank frees the communicators it shares with others in
+        // the same order (MPI_Comm_free is collective in the standard).
+        let mut natives: Vec<(u64, Handle<ffi::MPI_Comm>)> = st.native.drain().collect();
+        natives.sort_by_key(|&(ctx, _)| ctx);
+        for (_, mut c) in natives {
+            // SAFETY: made by MPI_Comm_create_group for native collectives, none of
+            // which is active (each completes before its call returns).
+            let rc = unsafe { ffi::MPI_Comm_free(&mut c.0) };
+            check("MPI_Comm_free", || "finalizing".into(), rc)?;
+        }
         let mut comm = self.comm.0;
         // SAFETY: the communicator is ours and no request on it is active any more
         // (headers done, barrier done; bulk requests are the user's to complete).
@@ -1004,6 +1038,10 @@ impl Transport for MpiTransport {
         Ok(())
     }
 
+    fn native(&self) -> Option<&dyn NativeCollectives> {
+        Some(self)
+    }
+
     fn abort(&self) {
         let mut st = self.lock();
         st.closed = true;
@@ -1012,5 +1050,341 @@ impl Transport for MpiTransport {
         unsafe {
             ffi::MPI_Abort(ffi::RSMPI_COMM_WORLD, 1);
         }
+    }
+}
+
+/// MPI's datatype for a native element kind.
+fn mpi_datatype(kind: NativeKind) -> ffi::MPI_Datatype {
+    // SAFETY: reading MPI's constant handles (MPI is initialized while a transport
+    // exists).
+    unsafe {
+        match kind {
+            NativeKind::U8 => ffi::RSMPI_UINT8_T,
+            NativeKind::I8 => ffi::RSMPI_INT8_T,
+            NativeKind::U16 => ffi::RSMPI_UINT16_T,
+            NativeKind::I16 => ffi::RSMPI_INT16_T,
+            NativeKind::U32 => ffi::RSMPI_UINT32_T,
+            NativeKind::I32 => ffi::RSMPI_INT32_T,
+            NativeKind::U64 => ffi::RSMPI_UINT64_T,
+            NativeKind::I64 => ffi::RSMPI_INT64_T,
+            NativeKind::F32 => ffi::RSMPI_FLOAT,
+            NativeKind::F64 => ffi::RSMPI_DOUBLE,
+        }
+    }
+}
+
+/// MPI's operation for a native reduction.
+fn mpi_op(op: NativeOp) -> ffi::MPI_Op {
+    // SAFETY: reading MPI's constant handles.
+    unsafe {
+        match op {
+            NativeOp::Sum => ffi::RSMPI_SUM,
+            NativeOp::Prod => ffi::RSMPI_PROD,
+            NativeOp::Min => ffi::RSMPI_MIN,
+            NativeOp::Max => ffi::RSMPI_MAX,
+            NativeOp::BitAnd => ffi::RSMPI_BAND,
+            NativeOp::BitOr => ffi::RSMPI_BOR,
+            NativeOp::BitXor => ffi::RSMPI_BXOR,
+            NativeOp::LogicalAnd => ffi::RSMPI_LAND,
+            NativeOp::LogicalOr => ffi::RSMPI_LOR,
+            NativeOp::LogicalXor => ffi::RSMPI_LXOR,
+        }
+    }
+}
+
+/// A local argument check of a native collective failed.
+fn native_arg(what: String) -> Error {
+    Error::InvalidArgument(format!("native collective: {what}"))
+}
+
+/// This rank's position in `scope.members`, checking the members are world ranks.
+fn scope_rank(scope: &NativeScope<'_>, me: usize, size: usize) -> Result<usize> {
+    if let Some(&bad) = scope.members.iter().find(|&&w| w >= size) {
+        return Err(Error::RankOutOfRange { rank: bad, size });
+    }
+    scope
+        .members
+        .iter()
+        .position(|&w| w == me)
+        .ok_or_else(|| native_arg(format!("world rank {me} is not a member of its scope")))
+}
+
+fn check_root(root: usize, n: usize) -> Result<c_int> {
+    if root >= n {
+        return Err(Error::RankOutOfRange {
+            rank: root,
+            size: n,
+        });
+    }
+    count_of(root, "a root rank")
+}
+
+impl MpiTransport {
+    /// The MPI communicator for `scope`'s group, made (collectively over the members)
+    /// and cached on first use. Called with the mutex held.
+    fn native_comm(&self, st: &mut State, scope: &NativeScope<'_>) -> Result<ffi::MPI_Comm> {
+        scope_rank(scope, self.rank, self.size)?;
+        let is_world = scope.members.len() == self.size
+            && scope.members.iter().enumerate().all(|(i, &w)| i == w);
+        // The world communicator (context 0 and its library plane 1) uses the dup'ed
+        // world communicator that also carries the p2p traffic: MPI keeps collective
+        // and p2p matching apart. Other contexts with the world group (dups) get their
+        // own, so that collectives on two of them in different orders on different
+        // threads cannot cross.
+        if is_world && scope.ctx | 1 == 1 {
+            return Ok(self.comm.0);
+        }
+        let key = scope.ctx | 1;
+        if let Some(c) = st.native.get(&key) {
+            return Ok(c.0);
+        }
+        let ranks = scope
+            .members
+            .iter()
+            .map(|&w| count_of(w, "a world rank"))
+            .collect::<Result<Vec<c_int>>>()?;
+        let n = count_of(ranks.len(), "a group")?;
+        // The tag only tells apart concurrent creations over overlapping groups; any
+        // value both sides derive alike will do, within the guaranteed tag range.
+        let tag = ((key ^ (key >> 32)) % 32768) as c_int;
+        let what = || format!("making an MPI communicator for dsmpi context {key:#x}");
+        // SAFETY: constant handles.
+        let (mut world_g, mut sub_g, mut newcomm) = unsafe {
+            (
+                ffi::RSMPI_GROUP_NULL,
+                ffi::RSMPI_GROUP_NULL,
+                ffi::RSMPI_COMM_NULL,
+            )
+        };
+        // SAFETY: `self.comm` is live; `ranks` holds `n` valid ranks of it (checked by
+        // scope_rank); the out-pointers are live locals; the mutex is held. The groups
+        // are freed whatever happens to the communicator.
+        let rc = unsafe { ffi::MPI_Comm_group(self.comm.0, &mut world_g) };
+        check("MPI_Comm_group", what, rc)?;
+        // SAFETY: as above.
+        let rc = unsafe { ffi::MPI_Group_incl(world_g, n, ranks.as_ptr(), &mut sub_g) };
+        let made = check("MPI_Group_incl", what, rc).and_then(|()| {
+            // SAFETY: as above; collective over the members, who all get here from
+            // the same dsmpi collective.
+            let rc = unsafe { ffi::MPI_Comm_create_group(self.comm.0, sub_g, tag, &mut newcomm) };
+            check("MPI_Comm_create_group", what, rc)?;
+            // SAFETY: `newcomm` was just made.
+            let rc = unsafe { ffi::MPI_Comm_set_errhandler(newcomm, ffi::RSMPI_ERRORS_RETURN) };
+            check("MPI_Comm_set_errhandler", what, rc)
+        });
+        // SAFETY: the groups are ours (or GROUP_NULL, which is not freed).
+        unsafe {
+            if sub_g != ffi::RSMPI_GROUP_NULL {
+                ffi::MPI_Group_free(&mut sub_g);
+            }
+            ffi::MPI_Group_free(&mut world_g);
+        }
+        made?;
+        st.native.insert(key, Handle(newcomm));
+        Ok(newcomm)
+    }
+
+    /// Starts a non-blocking collective on `scope`'s communicator with `start`, then
+    /// polls it to completion, releasing the mutex between polls.
+    ///
+    /// The buffers `start` hands MPI must outlive this call, which the borrows of the
+    /// callers (`&[u8]`/`&mut [u8]` held across it) guarantee: it returns only once
+    /// MPI reports the request complete, or MPI_Test itself failed.
+    fn run_native(
+        &self,
+        scope: &NativeScope<'_>,
+        call: &'static str,
+        start: impl FnOnce(ffi::MPI_Comm, &mut ffi::MPI_Request) -> c_int,
+    ) -> Result<()> {
+        let what = || format!("{call} on dsmpi context {:#x}", scope.ctx);
+        let mut req = {
+            let mut st = self.open()?;
+            let comm = self.native_comm(&mut st, scope)?;
+            // SAFETY: constant handle.
+            let mut req: ffi::MPI_Request = unsafe { ffi::RSMPI_REQUEST_NULL };
+            check(call, what, start(comm, &mut req))?;
+            Handle(req)
+        };
+        let backoff = Backoff::new(self.spin);
+        loop {
+            {
+                let _st = self.lock();
+                let mut flag: c_int = 0;
+                // SAFETY: an active request of a non-blocking collective whose buffers
+                // the caller keeps borrowed; the mutex is held.
+                let rc = unsafe { ffi::MPI_Test(&mut req.0, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+                check("MPI_Test", what, rc)?;
+                if flag != 0 {
+                    return Ok(());
+                }
+            }
+            backoff.pause();
+        }
+    }
+}
+
+impl NativeCollectives for MpiTransport {
+    fn barrier(&self, scope: NativeScope<'_>) -> Result<()> {
+        self.run_native(&scope, "MPI_Ibarrier", |comm, req| {
+            // SAFETY: live communicator and out-pointer; the mutex is held.
+            unsafe { ffi::MPI_Ibarrier(comm, req) }
+        })
+    }
+
+    fn bcast(&self, scope: NativeScope<'_>, root: usize, buf: &mut [u8]) -> Result<()> {
+        let root = check_root(root, scope.members.len())?;
+        let count = count_of(buf.len(), "a broadcast")?;
+        let ptr = buf.as_mut_ptr();
+        self.run_native(&scope, "MPI_Ibcast", |comm, req| {
+            // SAFETY: `ptr` has `count` bytes, borrowed until run_native returns.
+            unsafe { ffi::MPI_Ibcast(ptr.cast(), count, ffi::RSMPI_UINT8_T, root, comm, req) }
+        })
+    }
+
+    fn allreduce(
+        &self,
+        scope: NativeScope<'_>,
+        op: NativeOp,
+        kind: NativeKind,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        if send.len() != recv.len() || send.len() / kind.size() * kind.size() != send.len() {
+            return Err(native_arg(format!(
+                "allreduce of {} bytes into {} bytes of {kind:?} elements",
+                send.len(),
+                recv.len()
+            )));
+        }
+        if kind.is_float()
+            && !matches!(
+                op,
+                NativeOp::Sum | NativeOp::Prod | NativeOp::Min | NativeOp::Max
+            )
+        {
+            return Err(native_arg(format!("{op:?} is not defined on {kind:?}")));
+        }
+        let count = count_of(send.len() / kind.size(), "an allreduce")?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let (dt, mop) = (mpi_datatype(kind), mpi_op(op));
+        self.run_native(&scope, "MPI_Iallreduce", |comm, req| {
+            // SAFETY: `sp` and `rp` have `count` elements of `dt` each, borrowed until
+            // run_native returns; they do not overlap (one is & and one &mut).
+            unsafe { ffi::MPI_Iallreduce(sp.cast(), rp.cast(), count, dt, mop, comm, req) }
+        })
+    }
+
+    fn alltoall(&self, scope: NativeScope<'_>, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        let n = scope.members.len().max(1);
+        if send.len() != recv.len() || send.len() / n * n != send.len() {
+            return Err(native_arg(format!(
+                "alltoall of {} bytes into {} bytes: not {n} equal blocks each",
+                send.len(),
+                recv.len()
+            )));
+        }
+        count_of(send.len(), "an alltoall")?;
+        let block = count_of(send.len() / n, "an alltoall block")?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        self.run_native(&scope, "MPI_Ialltoall", |comm, req| {
+            // SAFETY: both buffers hold n blocks of `block` bytes (checked above),
+            // borrowed until run_native returns.
+            unsafe {
+                ffi::MPI_Ialltoall(
+                    sp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn gather(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let root_c = check_root(root, n)?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let block = count_of(send.len(), "a gather block")?;
+        if me == root && recv.len() != send.len().saturating_mul(n) {
+            return Err(native_arg(format!(
+                "gather: the root's receive buffer has {} bytes, not {n} blocks of {}",
+                recv.len(),
+                send.len()
+            )));
+        }
+        if me == root {
+            count_of(recv.len(), "a gather")?;
+        }
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        self.run_native(&scope, "MPI_Igather", |comm, req| {
+            // SAFETY: `send` has `block` bytes; at the root `recv` has n blocks of it
+            // (checked above), elsewhere MPI does not touch it. Both stay borrowed
+            // until run_native returns.
+            unsafe {
+                ffi::MPI_Igather(
+                    sp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    root_c,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn scatter(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let root_c = check_root(root, n)?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let block = count_of(recv.len(), "a scatter block")?;
+        if me == root && send.len() != recv.len().saturating_mul(n) {
+            return Err(native_arg(format!(
+                "scatter: the root's send buffer has {} bytes, not {n} blocks of {}",
+                send.len(),
+                recv.len()
+            )));
+        }
+        if me == root {
+            count_of(send.len(), "a scatter")?;
+        }
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        self.run_native(&scope, "MPI_Iscatter", |comm, req| {
+            // SAFETY: `recv` has `block` bytes; at the root `send` has n blocks of it
+            // (checked above), elsewhere MPI does not read it. Both stay borrowed
+            // until run_native returns.
+            unsafe {
+                ffi::MPI_Iscatter(
+                    sp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    root_c,
+                    comm,
+                    req,
+                )
+            }
+        })
     }
 }
