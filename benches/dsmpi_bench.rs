@@ -4,7 +4,9 @@
 //! One binary, three ways to run it:
 //! - as the ranks of a job: `dsmexec -n 2 dsmpi_bench` (dsmpi's TCP mesh) or
 //!   `mpirun -n 2 dsmpi_bench` (built with `--features mpi`: dsmpi over MPI, plus the
-//!   same measurements made with MPI's own calls, labelled `mpi-native`). Rank 0
+//!   same measurements made with MPI's own calls, labelled `mpi-native`, and the
+//!   collectives through dsmpi with the `Native` choice, labelled `dsmpi-native`
+//!   (`native/ompi-*` in `--compare`)). Rank 0
 //!   prints one OSU-style table per operation: size, then the median latency in µs
 //!   (or bandwidth in MB/s) and the spread (10th and 90th percentiles of the samples);
 //! - `dsmpi_bench --raw-tcp`: the baseline, two threads of one process over a
@@ -228,6 +230,52 @@ fn bench_dsmpi(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
                 Ok(w.all_reduce_into(&send, &mut recv, SystemOp::Sum)?)
             })?;
             record(t, &imp, "allreduce", size, s, o.emit);
+        }
+    }
+    Ok(())
+}
+
+/// The collectives through dsmpi's API with the `Native` choice (`dsmpi-native`):
+/// MPI's own collectives as dsmpi calls them, so the gap to `mpi-native` is dsmpi's
+/// wrapping (polling a non-blocking collective) and the gap to `dsmpi-mpi` is
+/// algorithms. Only on a backend with native collectives (the `mpi` one).
+fn bench_native_choice(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
+    let imp = "dsmpi-native";
+    let (me, n) = (w.rank(), w.size());
+    for size in SIZES.into_iter().filter(|&s| s <= o.max_size) {
+        let mut buf = vec![0u8; size];
+        if o.wants("bcast") {
+            let s = timed(w, o, size, || {
+                Ok(w.broadcast_with(Bcast::Native, 0, &mut buf)?)
+            })?;
+            record(t, imp, "bcast", size, s, o.emit);
+        }
+        if o.wants("scatter") {
+            let send = if me == 0 {
+                vec![1u8; size * n]
+            } else {
+                Vec::new()
+            };
+            let s = timed(w, o, size, || {
+                Ok(w.scatter_with(Scatter::Native, 0, &send, &mut buf)?)
+            })?;
+            record(t, imp, "scatter", size, s, o.emit);
+        }
+        if o.wants("alltoall") {
+            let send = vec![2u8; size * n];
+            let mut recv = vec![0u8; size * n];
+            let s = timed(w, o, size, || {
+                Ok(w.all_to_all_with(Alltoall::Native, &send, &mut recv)?)
+            })?;
+            record(t, imp, "alltoall", size, s, o.emit);
+        }
+        if o.wants("allreduce") {
+            let send = vec![1f64; size.div_ceil(8)];
+            let mut recv = vec![0f64; send.len()];
+            let s = timed(w, o, size, || {
+                Ok(w.all_reduce_with(Allreduce::Native, &send, &mut recv, SystemOp::Sum)?)
+            })?;
+            record(t, imp, "allreduce", size, s, o.emit);
         }
     }
     Ok(())
@@ -570,6 +618,9 @@ fn rank_main(o: &Opts) -> Res<()> {
     let emit = o.emit;
     o.emit = emit && w.rank() == 0;
     bench_dsmpi(&w, &o, &mut t)?;
+    if w.transport().native().is_some() {
+        bench_native_choice(&w, &o, &mut t)?;
+    }
     #[cfg(feature = "mpi")]
     if w.transport().name() == "mpi" {
         native::bench(&w, &o, &mut t)?;
@@ -577,7 +628,10 @@ fn rank_main(o: &Opts) -> Res<()> {
     if w.rank() == 0 && !emit {
         let header = format!("{} ranks, transport {}", w.size(), w.transport().name());
         print_table(&t, &header);
-        print_ratios(&t, &[("dsmpi-mpi", "mpi-native")]);
+        print_ratios(
+            &t,
+            &[("dsmpi-mpi", "mpi-native"), ("dsmpi-native", "mpi-native")],
+        );
     }
     universe.finalize()?;
     Ok(())
@@ -603,6 +657,7 @@ fn collect(cmd: &mut Command, label: &str, t: &mut Table) -> Res<()> {
         let imp = match f[1] {
             "mpi-native" => format!("ompi-{label}"),
             "dsmpi-mpi" => format!("dsmpi/ompi-{label}"),
+            "dsmpi-native" => format!("native/ompi-{label}"),
             other => other.to_string(),
         };
         let s = Stats {
@@ -685,6 +740,8 @@ fn compare(np: usize, o: &Opts, passthrough: &[String]) -> Res<()> {
             ("dsmpi-tcp", "raw-tcp"),
             ("dsmpi/ompi-tcp", "ompi-tcp"),
             ("dsmpi/ompi-sm", "ompi-sm"),
+            ("native/ompi-sm", "ompi-sm"),
+            ("dsmpi/ompi-sm", "native/ompi-sm"),
         ],
     );
     Ok(())
