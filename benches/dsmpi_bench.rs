@@ -23,6 +23,17 @@
 //! trip between ranks 0 and 1 (OSU's osu_latency); bandwidth is a window of 64
 //! non-blocking sends from 0 to 1 answered by one small message (osu_bw).
 //!
+//! One-sided operations (issue 6) go through a `dsmpi::window::Window`, which rides on
+//! whatever transport the job has (TCP mesh or MPI), from rank 0 to rank 1 while rank 1
+//! only serves: `get`, `put` + `flush`, `accumulate` (sum of `u64`) + `flush`, timed
+//! like the rest; and `fault`, one remote read page fault (a load through the window's
+//! view on a page whose cached copy was just dropped), timed one fault at a time
+//! because every fault needs its own invalidation, with its p99 shown as well. MPI's
+//! own MPI_Get/MPI_Put are not measured.
+//!
+//! `--compare --plot DIR` also draws one SVG per operation (latency or bandwidth
+//! against size, log-log, one line per column) into DIR.
+//!
 //! Why an example of the `dsmpi` package: it needs the facade (collectives) and, with
 //! the `mpi` feature, the raw MPI bindings for the `mpi-native` figures; `cargo build
 //! --release --example dsmpi_bench [--features mpi]` builds it next to `dsmexec`.
@@ -31,28 +42,40 @@ use std::collections::BTreeMap;
 use std::error::Error;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
 use dsmpi::prelude::*;
+use dsmpi::window::{LockType, Op, Window};
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
 /// Message sizes in bytes (per rank for scatter and all-to-all).
 const SIZES: [usize; 7] = [8, 64, 512, 4096, 32768, 262_144, 1_048_576];
 
+/// Width of a table column: room for a page fault's cell, which adds its p99.
+const COL: usize = 40;
+
 /// Sends in flight in the bandwidth test.
 const WINDOW: usize = 64;
 
+/// Remote page faults timed per run of the `fault` measurement: each is one sample,
+/// so the p99 rests on 20 faults above it.
+const FAULTS: usize = 2000;
+
 /// The operations, in print order, and whether their figure is a bandwidth.
-const OPS: [(&str, bool); 6] = [
+const OPS: [(&str, bool); 10] = [
     ("latency", false),
     ("bw", true),
     ("bcast", false),
     ("scatter", false),
     ("alltoall", false),
     ("allreduce", false),
+    ("get", false),
+    ("put", false),
+    ("accumulate", false),
+    ("fault", false),
 ];
 
 #[derive(Clone, Debug)]
@@ -83,6 +106,10 @@ struct Stats {
     median: f64,
     p10: f64,
     p90: f64,
+    /// Only shown for `fault`, the one measurement whose samples are single
+    /// operations (elsewhere a sample is a mean over many, and the p99 of 15 of them
+    /// is just the slowest).
+    p99: f64,
 }
 
 impl Stats {
@@ -93,6 +120,17 @@ impl Stats {
             median: at(0.5),
             p10: at(0.1),
             p90: at(0.9),
+            p99: at(0.99),
+        }
+    }
+
+    /// Every figure scaled by `k` (for half a round trip).
+    fn scaled(self, k: f64) -> Stats {
+        Stats {
+            median: self.median * k,
+            p10: self.p10 * k,
+            p90: self.p90 * k,
+            p99: self.p99 * k,
         }
     }
 }
@@ -103,7 +141,10 @@ type Table = BTreeMap<(String, String), BTreeMap<usize, Stats>>;
 fn record(t: &mut Table, imp: &str, op: &str, size: usize, s: Stats, emit: bool) {
     if emit {
         // Machine-readable, for --compare.
-        println!("@ {imp} {op} {size} {} {} {}", s.median, s.p10, s.p90);
+        println!(
+            "@ {imp} {op} {size} {} {} {} {}",
+            s.median, s.p10, s.p90, s.p99
+        );
     }
     t.entry((imp.to_string(), op.to_string()))
         .or_default()
@@ -138,15 +179,13 @@ fn to_bw(size: usize, s: Stats) -> Stats {
         median: mbs(s.median),
         p10: mbs(s.p90),
         p90: mbs(s.p10),
+        // The slow tail of a bandwidth is its low end; p1 is not kept, so no figure.
+        p99: f64::NAN,
     }
 }
 
 fn half(s: Stats) -> Stats {
-    Stats {
-        median: s.median / 2.0,
-        p10: s.p10 / 2.0,
-        p90: s.p90 / 2.0,
-    }
+    s.scaled(0.5)
 }
 
 /// dsmpi's own measurements on `w`, whatever its transport.
@@ -232,6 +271,92 @@ fn bench_dsmpi(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
             record(t, &imp, "allreduce", size, s, o.emit);
         }
     }
+    Ok(())
+}
+
+/// One-sided operations from rank 0 on rank 1's part of a window (see the module
+/// docs); every rank takes part in the window's allocation, fences and the samples'
+/// barriers, but only rank 0 issues operations, so the slowest rank is rank 0.
+fn bench_window(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
+    let (me, n) = (w.rank(), w.size());
+    let wanted = ["get", "put", "accumulate", "fault"];
+    if n < 2 || !wanted.iter().any(|op| o.wants(op)) {
+        return Ok(());
+    }
+    let imp = format!("dsmpi-{}", w.transport().name());
+    let sizes: Vec<usize> = SIZES.into_iter().filter(|&s| s <= o.max_size).collect();
+    // Room for the largest message and for 64 distinct pages to fault on, so that
+    // consecutive faults do not hit the same page.
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let win = Window::allocate(w, largest.max(64 * 4096))?;
+    let page = win.page_size();
+    let pages = (win.region_bytes(1)? / page).max(1);
+    win.fence()?;
+    for &size in &sizes {
+        let mut buf = vec![1u64; size.div_ceil(8)];
+        if o.wants("get") {
+            let s = timed(w, o, size, || {
+                if me == 0 {
+                    win.get(&mut buf, 1, 0)?;
+                }
+                Ok(())
+            })?;
+            record(t, &imp, "get", size, s, o.emit);
+        }
+        if o.wants("put") {
+            // A put alone may only be queued; the flush makes it complete at rank 1,
+            // which is what a get's latency includes too.
+            let s = timed(w, o, size, || {
+                if me == 0 {
+                    win.put(&buf, 1, 0)?;
+                    win.flush(1)?;
+                }
+                Ok(())
+            })?;
+            record(t, &imp, "put", size, s, o.emit);
+        }
+        if o.wants("accumulate") {
+            let s = timed(w, o, size, || {
+                if me == 0 {
+                    win.accumulate(&buf, 1, 0, Op::Sum)?;
+                    win.flush(1)?;
+                }
+                Ok(())
+            })?;
+            record(t, &imp, "accumulate", size, s, o.emit);
+        }
+    }
+    win.fence()?;
+    if o.wants("fault") {
+        // As the window's own bench does: a shared lock on rank 1 drops rank 0's cached
+        // copies of rank 1's pages, so the load under it faults and fetches one page
+        // from its home; only the load is timed. Passive target, so rank 1 only serves.
+        let before = win.stats();
+        let mut v = Vec::with_capacity(FAULTS);
+        if me == 0 {
+            let view = win.view::<u64>()?;
+            let per_page = page / std::mem::size_of::<u64>();
+            let mut sink = 0u64;
+            for i in 0..FAULTS {
+                let idx = view.index_of(1, (i % pages) * per_page)?;
+                win.lock(LockType::Shared, 1)?;
+                let t0 = Instant::now();
+                sink = sink.wrapping_add(view.load(idx)?);
+                v.push(t0.elapsed().as_secs_f64() * 1e6);
+                win.unlock(1)?;
+            }
+            std::hint::black_box(sink);
+            let faults = win.stats().faults - before.faults;
+            // A load that did not fault would time a cache hit: say so rather than
+            // print a fault latency that is not one.
+            if faults < FAULTS as u64 {
+                eprintln!("# warning: {faults} page faults for {FAULTS} timed loads");
+            }
+            record(t, &imp, "fault", page, Stats::of(v), o.emit);
+        }
+        win.fence()?;
+    }
+    win.free()?;
     Ok(())
 }
 
@@ -553,10 +678,16 @@ fn print_table(t: &Table, header: &str) {
             continue;
         }
         let unit = if bw { "MB/s" } else { "us" };
-        println!("\n# {op} ({unit}: median [p10-p90]) {header}");
+        let what = match op {
+            "put" | "accumulate" => " + flush, rank 0 on rank 1",
+            "get" => ", rank 0 on rank 1",
+            "fault" => ", one remote read page fault, size = page",
+            _ => "",
+        };
+        println!("\n# {op}{what} ({unit}: median [p10-p90]) {header}");
         print!("{:<10}", "# Size");
         for i in &imps {
-            print!("{:>34}", i);
+            print!("{:>COL$}", i);
         }
         println!();
         let sizes: std::collections::BTreeSet<usize> = imps
@@ -568,10 +699,13 @@ fn print_table(t: &Table, header: &str) {
             for i in &imps {
                 match t[&((*i).clone(), op.to_string())].get(&size) {
                     Some(s) => {
-                        let cell = format!("{:.2} [{:.2}-{:.2}]", s.median, s.p10, s.p90);
-                        print!("{cell:>34}");
+                        let mut cell = format!("{:.2} [{:.2}-{:.2}]", s.median, s.p10, s.p90);
+                        if op == "fault" {
+                            cell += &format!(" p99 {:.2}", s.p99);
+                        }
+                        print!("{cell:>COL$}");
                     }
-                    None => print!("{:>34}", "-"),
+                    None => print!("{:>COL$}", "-"),
                 }
             }
             println!();
@@ -618,6 +752,7 @@ fn rank_main(o: &Opts) -> Res<()> {
     let emit = o.emit;
     o.emit = emit && w.rank() == 0;
     bench_dsmpi(&w, &o, &mut t)?;
+    bench_window(&w, &o, &mut t)?;
     if w.transport().native().is_some() {
         bench_native_choice(&w, &o, &mut t)?;
     }
@@ -651,7 +786,7 @@ fn collect(cmd: &mut Command, label: &str, t: &mut Table) -> Res<()> {
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() != 7 || f[0] != "@" {
+        if f.len() != 8 || f[0] != "@" {
             continue;
         }
         let imp = match f[1] {
@@ -664,6 +799,7 @@ fn collect(cmd: &mut Command, label: &str, t: &mut Table) -> Res<()> {
             median: f[4].parse()?,
             p10: f[5].parse()?,
             p90: f[6].parse()?,
+            p99: f[7].parse()?,
         };
         record(t, &imp, f[2], f[3].parse()?, s, false);
     }
@@ -684,7 +820,76 @@ fn find_dsmexec() -> Option<PathBuf> {
     })
 }
 
-fn compare(np: usize, o: &Opts, passthrough: &[String]) -> Res<()> {
+/// Draws one SVG per operation of `t` into `dir` (`<op>.svg`): the median against the
+/// size, both axes logarithmic, one line per column. A column keeps its colour in
+/// every plot, so that the plots can be read side by side.
+fn plot(t: &Table, dir: &Path, header: &str) -> Res<()> {
+    use plotters::prelude::*;
+    std::fs::create_dir_all(dir)?;
+    let columns: std::collections::BTreeSet<&String> = t.keys().map(|(i, _)| i).collect();
+    let colour = |imp: &String| {
+        Palette99::pick(columns.iter().position(|c| *c == imp).unwrap_or(0)).to_rgba()
+    };
+    for (op, bw) in OPS {
+        let lines: Vec<(&String, Vec<(f64, f64)>)> = t
+            .iter()
+            .filter(|((_, o), _)| o == op)
+            .map(|((i, _), by)| (i, by.iter().map(|(&z, s)| (z as f64, s.median)).collect()))
+            .collect();
+        let all = lines.iter().flat_map(|(_, pts)| pts.iter().copied());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, 0f64, f64::MAX, 0f64);
+        for (x, y) in all.filter(|&(_, y)| y.is_finite() && y > 0.0) {
+            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+        }
+        if x1 == 0.0 {
+            continue;
+        }
+        // Margins, so that a single size (the page fault) or a flat line still spans
+        // a drawable range on a log axis.
+        let (x0, x1, y0, y1) = (x0 / 1.5, x1 * 1.5, y0 / 1.5, y1 * 1.5);
+        let path = dir.join(format!("{op}.svg"));
+        let root = SVGBackend::new(&path, (800, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let unit = if bw { "MB/s" } else { "µs" };
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{op} ({header}), median {unit}"),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
+        chart
+            .configure_mesh()
+            .x_desc("message size (bytes)")
+            .y_desc(unit)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .draw()?;
+        for (imp, pts) in &lines {
+            let c = colour(imp);
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+                .label(imp.as_str())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+        eprintln!("# wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>) -> Res<()> {
     let exe = std::env::current_exe()?;
     let mut t = Table::new();
     let args: Vec<String> = passthrough
@@ -742,13 +947,17 @@ fn compare(np: usize, o: &Opts, passthrough: &[String]) -> Res<()> {
             ("dsmpi/ompi-sm", "ompi-sm"),
             ("native/ompi-sm", "ompi-sm"),
             ("dsmpi/ompi-sm", "native/ompi-sm"),
+            ("dsmpi/ompi-sm", "dsmpi-tcp"),
         ],
     );
+    if let Some(dir) = plot_dir {
+        plot(&t, dir, &format!("{np} ranks"))?;
+    }
     Ok(())
 }
 
-const USAGE: &str = "usage: dsmpi_bench [--compare [-n N]] [--raw-tcp] [--samples K] [--ops a,b,..] [--max-size BYTES] [--emit]
-  ops: latency bw bcast scatter alltoall allreduce
+const USAGE: &str = "usage: dsmpi_bench [--compare [-n N] [--plot DIR]] [--raw-tcp] [--samples K] [--ops a,b,..] [--max-size BYTES] [--emit]
+  ops: latency bw bcast scatter alltoall allreduce get put accumulate fault
   as ranks: dsmexec -n N dsmpi_bench | mpirun -n N dsmpi_bench (built with --features mpi)";
 
 fn main() -> ExitCode {
@@ -760,6 +969,7 @@ fn main() -> ExitCode {
     };
     let (mut do_compare, mut raw, mut np) = (false, false, 2usize);
     let mut passthrough = Vec::new();
+    let mut plot_dir: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     let parsed: Res<()> = (|| {
         while let Some(a) = args.next() {
@@ -769,6 +979,7 @@ fn main() -> ExitCode {
                 "--raw-tcp" => raw = true,
                 "--emit" => o.emit = true,
                 "-n" => np = val("-n")?.parse()?,
+                "--plot" => plot_dir = Some(val("--plot")?.into()),
                 "--samples" => {
                     let v = val("--samples")?;
                     o.samples = v.parse::<usize>()?.max(1);
@@ -794,8 +1005,10 @@ fn main() -> ExitCode {
         Ok(())
     })();
     let r = parsed.and_then(|()| {
-        if do_compare {
-            compare(np, &o, &passthrough)
+        if plot_dir.is_some() && !do_compare {
+            Err("--plot DIR draws what --compare measures: give both".into())
+        } else if do_compare {
+            compare(np, &o, &passthrough, plot_dir.as_deref())
         } else if raw {
             let mut t = Table::new();
             bench_raw_tcp(&o, &mut t)?;
