@@ -1188,6 +1188,17 @@ impl Engine {
                             return Ok(r);
                         }
                     }
+                    // A large send stuck on a full socket: retry it now rather than
+                    // wait for epoll to report the socket writable.
+                    for p in 0..self.n {
+                        if st.peers[p].want_out {
+                            self.flush_peer(&mut st, p);
+                        }
+                    }
+                    self.wake_waiters(&mut st);
+                    if let Some(r) = check(&mut st) {
+                        return Ok(r);
+                    }
                 }
                 continue;
             }
