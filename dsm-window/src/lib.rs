@@ -52,13 +52,16 @@
 //! unmaps both views and the memory goes with the last mapping.
 //!
 //! Each rank runs two threads per window: a **service thread** that executes the
-//! requests of other ranks against this rank's home pages, and a **fault thread** that
+//! requests of other ranks against the pages this rank owns, and a **fault thread** that
 //! makes pages valid for the SIGSEGV handler.
 //!
-//! # RMA: messages to the home, executed there
+//! # RMA: messages to the owner, executed there
 //!
 //! Every RMA operation is one message (48-byte header + payload, see the `proto`
-//! module) to the target's service thread, which executes it on the home copy.
+//! module) to the service thread of the rank that owns the target pages — their home,
+//! unless they migrated (see *Page migration*) — which executes it on the master copy.
+//! An operation whose bytes span pages with different owners is split at page
+//! boundaries (never inside an element), one message per owner.
 //! Accumulate-family operations on one location are therefore atomic with respect to
 //! each other from any number of ranks: one thread executes them, one at a time (a
 //! rank's requests to itself execute in the calling thread under the same lock).
@@ -78,16 +81,16 @@
 //! keeps every page at a central master; both make a page that several ranks write
 //! bounce between them, and serialize on one rank. This crate does what ArgoDSM and
 //! TreadMarks-style HLRC do instead:
-//! - a page's **home** always holds the master copy; the home's own view maps its home
-//!   pages read-write for the life of the window;
-//! - a **read fault** fetches the page from its home into the service view and maps it
-//!   read-only;
+//! - a page's **owner** — its home, unless the page migrated (see below) — holds the
+//!   master copy, and its view maps the page read-write for as long as it owns it;
+//! - a **read fault** fetches the page from its owner into the service view and maps
+//!   it read-only;
 //! - a **write fault** (on an invalid or read-only page) also saves a **twin** (a copy
 //!   of the page as fetched) and maps it read-write;
 //! - at **release** (end of an epoch: `fence`, `unlock`, `unlock_all`, `flush`,
 //!   `complete`, releasing a byte-range guard) dirty pages are write-protected first,
 //!   then compared with their twins byte by byte, and only the changed byte runs go
-//!   home (one message per home, acknowledged). Two ranks writing different bytes of
+//!   to the owner (one message per owner, acknowledged). Two ranks writing different bytes of
 //!   one page both keep their writes;
 //! - at **acquire** (`fence`, `lock` of the home, `lock_all`, `start`, `wait`, taking a
 //!   byte-range lock) cached read-only copies are dropped (`PROT_NONE`, one `mprotect`
@@ -97,10 +100,46 @@
 //! made through the view inside it is visible to every rank in later epochs; stores
 //! and RMA that conflict within one epoch are racy, as in MPI.
 //!
-//! Page migration (document 000's request / page / owner-notification) is **not**
-//! implemented: a page one rank keeps writing alone costs one fetch per acquire and one
-//! diff per release rather than moving home. The RMA path likewise always executes at
-//! the home.
+//! # Page migration: the fallback for a page one rank keeps writing alone
+//!
+//! Small operations travel as messages to a page's current owner and execute there;
+//! a page that one rank keeps writing alone through its view moves to that rank
+//! instead, which then stores into it in place: no fault, no twin, no diff, no fetch.
+//!
+//! - **Owner table.** Every rank holds the owner of every page (initially its home).
+//!   It is identical on every rank and changes only inside [`fence`](Window::fence).
+//!   Every route — RMA requests, page fetches at faults, diffs at releases, and the
+//!   ownership checks of the service thread — goes through one function,
+//!   `owner_of(page)`; [`Window::owner_of`] exposes it, [`Window::home_of`] still
+//!   names the home. While no page has moved every route is the home (one branch).
+//! - **Policy.** Each rank remembers the pages it sent diffs of since the last fence.
+//!   The fence's barrier is an all-gather of these lists (the same dissemination
+//!   pattern and message count as the plain barrier, a few bytes more), and every
+//!   rank applies the same rule to the same lists, so all decide the same moves
+//!   without a further message: a page written in an epoch by exactly one rank other
+//!   than its owner extends that rank's streak; written by several ranks, it loses
+//!   its streak; written by nobody, it keeps it (read-only epochs do not break a
+//!   pattern). After `MIGRATE_AFTER` = **2** such epochs the page moves to the writer.
+//!   The same rule moves it on, or back home, when another rank becomes its sole
+//!   writer.
+//! - **Transfer.** After the all-gather (every diff and operation of the epoch is
+//!   applied: everyone flushed before it), the old owner unmaps the page and sends its
+//!   bytes, the new owner installs them and maps the page read-write, every rank
+//!   updates its table, and a second barrier — only in fences that move pages —
+//!   keeps requests of the next epoch away from a new owner that has not installed
+//!   its page yet. The acquire that ends the fence drops every cached copy as usual.
+//! - **Locks and PSCW.** The table never changes outside a fence, so passive-target
+//!   and PSCW epochs only route by it: a lock still lives at the region's rank (the
+//!   lock is about the region, not about where its bytes are), and
+//!   [`unlock`](Window::unlock) and [`flush`](Window::flush) of a target also flush
+//!   the owners of its migrated pages, so a lock never passes on before the operations
+//!   done under it are applied. Diffs released by locks and PSCW count in the policy
+//!   at the next fence; windows never fenced never migrate.
+//! - **Limits.** An owner's own stores are not observed (its page never faults), so
+//!   the rule sees only the *other* writers: a page written every epoch by its owner
+//!   and one other rank moves to the other one after two epochs, and back after two
+//!   more — values stay correct, but each move costs a page transfer. RMA operations
+//!   do not count as writes (they already execute at the owner).
 //!
 //! # The fault path
 //!

@@ -23,7 +23,10 @@ pub(crate) const TAG_SETUP: i32 = 2;
 pub(crate) const TAG_POST: i32 = 3;
 /// PSCW: an origin's `complete` to a target.
 pub(crate) const TAG_COMPLETE: i32 = 4;
-/// Dissemination barrier, round `k` uses `TAG_BARRIER + k`.
+/// Fence: a page's bytes, from its old owner to its new one.
+pub(crate) const TAG_MIGRATE: i32 = 5;
+/// Dissemination barrier (an all-gather of page reports at fences), round `k` uses
+/// `TAG_BARRIER + k`.
 pub(crate) const TAG_BARRIER: i32 = 16;
 /// First reply tag.
 pub(crate) const TAG_REPLY0: i32 = 1024;
@@ -38,7 +41,9 @@ pub(crate) const BATCH_MAX: usize = 32 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
 pub(crate) enum Kind {
-    /// Write payload at region offset.
+    /// Write payload at region offset. Data requests (put, get, accumulates,
+    /// compare-and-swap) carry the rank whose region they address in `extra`: the
+    /// target is the owner of the pages, not necessarily their home.
     Put = 1,
     /// Read `len` bytes at region offset.
     Get,
@@ -58,9 +63,9 @@ pub(crate) enum Kind {
     RangeLock,
     /// Byte-range unlock.
     RangeUnlock,
-    /// Apply diff runs (segment offsets) to home pages.
+    /// Apply diff runs (segment offsets) to pages owned by the target.
     Diff,
-    /// Send one home page (segment offset).
+    /// Send one page the target owns (segment offset).
     GetPage,
     /// Stop the service thread (only from the same rank).
     Stop,

@@ -2,9 +2,9 @@
 //! the geometry of the segment, the page table of the DSM view, and both threads'
 //! loops.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use dsmpi_runtime::{Communicator, ANY_SOURCE};
@@ -12,7 +12,7 @@ use dsmpi_runtime::{Communicator, ANY_SOURCE};
 use crate::element::{apply, kind_size, ElemKind, Op};
 use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, FaultKind};
-use crate::proto::{self, Header, Kind, BATCH_MAX, HDR, TAG_REPLY0, TAG_REQ};
+use crate::proto::{self, Header, Kind, BATCH_MAX, HDR, TAG_MIGRATE, TAG_REPLY0, TAG_REQ};
 use crate::segment::{Prot, Segment};
 use crate::Layout;
 
@@ -119,8 +119,9 @@ impl Geometry {
     }
 }
 
-/// Page states of the application view.
-pub(crate) const HOME: u8 = 0;
+/// Page states of the application view. `OWNED`: this rank holds the master copy
+/// (its home pages, and pages that migrated to it); mapped read-write, never faults.
+pub(crate) const OWNED: u8 = 0;
 pub(crate) const INVALID: u8 = 1;
 pub(crate) const READONLY: u8 = 2;
 pub(crate) const DIRTY: u8 = 3;
@@ -139,6 +140,21 @@ pub(crate) struct Counters {
     pub diff_pages: AtomicU64,
     pub diff_bytes: AtomicU64,
     pub invalidations: AtomicU64,
+    pub migrations: AtomicU64,
+}
+
+/// Consecutive fence epochs (counting only epochs in which the page was written
+/// through views at all) in which one rank alone sent diffs of a page, after which the
+/// page migrates to that rank. Two: one epoch is a coincidence, two is a pattern, and
+/// a wrong guess costs one page transfer.
+pub(crate) const MIGRATE_AFTER: u32 = 2;
+
+/// One page that changes owner at a fence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Move {
+    pub page: usize,
+    pub from: usize,
+    pub to: usize,
 }
 
 /// Everything the threads of one window share.
@@ -158,6 +174,18 @@ pub(crate) struct Shared {
     mail: Condvar,
     /// Aggregated fire-and-forget requests, per target.
     batches: Vec<Mutex<Vec<u8>>>,
+    /// Current owner of every segment page, identical on every rank: written only by
+    /// the fence thread inside `fence` (between two barriers, while no request is in
+    /// flight), read by every thread.
+    owners: Vec<AtomicUsize>,
+    /// Pages whose owner is not their home (0: every route is the home, the fast path).
+    moved: AtomicUsize,
+    /// Pages this rank sent diffs of since the last fence.
+    epoch_diffs: Mutex<BTreeSet<usize>>,
+    /// Per page: the rank that alone wrote it in the last epochs that wrote it, and in
+    /// how many consecutive such epochs (identical on every rank: computed from the
+    /// same gathered reports in the same order).
+    streaks: Mutex<HashMap<usize, (usize, u32)>>,
 }
 
 /// The service's own state.
@@ -206,8 +234,15 @@ fn diff_runs(cur: &[u8], twin: &[u8]) -> Vec<(usize, usize)> {
 impl Shared {
     pub(crate) fn new(comm: Communicator, seg: Segment, geo: Geometry, state: Vec<u8>) -> Self {
         let batches = (0..geo.n).map(|_| Mutex::new(Vec::new())).collect();
+        let owners = (0..geo.total_pages)
+            .map(|p| AtomicUsize::new(geo.home_of(p)))
+            .collect();
         Shared {
             batches,
+            owners,
+            moved: AtomicUsize::new(0),
+            epoch_diffs: Mutex::new(BTreeSet::new()),
+            streaks: Mutex::new(HashMap::new()),
             comm,
             seg,
             geo,
@@ -323,6 +358,175 @@ impl Shared {
         self.wait_reply(target, tag)
     }
 
+    // ----- page ownership -------------------------------------------------------------
+
+    /// The rank holding the master copy of segment page `p`: where its RMA requests,
+    /// diffs and page fetches go. Every route in the crate goes through here.
+    pub(crate) fn owner_of(&self, p: usize) -> usize {
+        match self.owners.get(p) {
+            Some(o) => o.load(Ordering::Acquire),
+            // Past the last page (only zero-length accesses get here): the home.
+            None => self.geo.home_of(p),
+        }
+    }
+
+    /// Whether some page lives away from its home (else every route is the home).
+    pub(crate) fn any_moved(&self) -> bool {
+        self.moved.load(Ordering::Acquire) != 0
+    }
+
+    /// The owners of `len` bytes at `off` of `region`'s region, as maximal pieces
+    /// `(owner, region offset, length)` in order. One piece to the home while no page
+    /// has moved.
+    pub(crate) fn route(
+        &self,
+        region: usize,
+        off: usize,
+        len: usize,
+    ) -> Result<Vec<(usize, usize, usize)>> {
+        if !self.any_moved() || len == 0 {
+            return Ok(vec![(region, off, len)]);
+        }
+        let g = &self.geo;
+        let mut out: Vec<(usize, usize, usize)> = Vec::new();
+        let mut done = 0;
+        while done < len {
+            let at = off + done;
+            let step = (g.page - at % g.page).min(len - done);
+            let owner = self.owner_of(g.seg_offset(region, at) / g.page);
+            match out.last_mut() {
+                Some((o, _, l)) if *o == owner => *l += step,
+                _ => out.push((owner, at, step)),
+            }
+            done += step;
+        }
+        Ok(out)
+    }
+
+    /// Ranks other than `region` that own some page of `region`'s region.
+    pub(crate) fn foreign_owners(&self, region: usize) -> Vec<usize> {
+        if !self.any_moved() {
+            return Vec::new();
+        }
+        let mut v: Vec<usize> = (0..self.geo.region_pages.get(region).copied().unwrap_or(0))
+            .map(|k| self.owner_of(self.geo.seg_page(region, k)))
+            .filter(|&o| o != region)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The pages this rank sent diffs of since the last fence (and forgets them).
+    pub(crate) fn take_epoch_diffs(&self) -> Vec<usize> {
+        let mut d = self.epoch_diffs.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut *d).into_iter().collect()
+    }
+
+    /// The migration policy, run by every rank on the same reports (`diffs[r]`: the
+    /// pages rank `r` sent diffs of in the epoch that ends), so that every rank
+    /// decides the same moves. A page written by exactly one rank other than its owner
+    /// extends that rank's streak (or starts a new one); a page written by several
+    /// ranks loses its streak; a page nobody wrote keeps it (fences that only read do
+    /// not reset a pattern). A streak of [`MIGRATE_AFTER`] moves the page.
+    pub(crate) fn decide(&self, diffs: &[Vec<usize>]) -> Vec<Move> {
+        // None: several writers.
+        let mut writers: BTreeMap<usize, Option<usize>> = BTreeMap::new();
+        for (r, pages) in diffs.iter().enumerate() {
+            for &p in pages.iter().filter(|&&p| p < self.geo.total_pages) {
+                writers
+                    .entry(p)
+                    .and_modify(|w| {
+                        if *w != Some(r) {
+                            *w = None
+                        }
+                    })
+                    .or_insert(Some(r));
+            }
+        }
+        let mut streaks = self.streaks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moves = Vec::new();
+        for (p, w) in writers {
+            let owner = self.owner_of(p);
+            match w {
+                Some(w) if w != owner => {
+                    let s = streaks.entry(p).or_insert((w, 0));
+                    if s.0 != w {
+                        *s = (w, 0);
+                    }
+                    s.1 += 1;
+                    if s.1 >= MIGRATE_AFTER {
+                        streaks.remove(&p);
+                        moves.push(Move {
+                            page: p,
+                            from: owner,
+                            to: w,
+                        });
+                    }
+                }
+                _ => {
+                    streaks.remove(&p);
+                }
+            }
+        }
+        moves
+    }
+
+    /// Carries out `moves` (the same list on every rank, sorted by page), inside a
+    /// fence after every rank's diffs and operations of the epoch were applied and
+    /// before anyone sends a request of the next epoch: the old owner unmaps the page
+    /// and sends its bytes, the new owner installs them and maps the page read-write,
+    /// and every rank updates its owner table. The caller ends with a barrier, so no
+    /// request reaches a new owner before it has the page.
+    pub(crate) fn migrate(&self, moves: &[Move]) -> Result<()> {
+        let me = self.geo.me;
+        let page = self.geo.page;
+        let mut pt = self.lock_pages();
+        // Sends first (one eager message per page, in page order), then receives, so
+        // that two ranks trading pages never wait on each other.
+        for m in moves.iter().filter(|m| m.from == me) {
+            // Unmap first: from here on this rank's copy is a cache like any other.
+            self.seg.protect(m.page, 1, Prot::None)?;
+            pt.state[m.page] = INVALID;
+            pt.twins.remove(&m.page);
+            let mut buf = vec![0u8; page];
+            self.seg.read(m.page * page, &mut buf)?;
+            self.comm.send(&buf, m.to, TAG_MIGRATE)?;
+        }
+        for m in moves.iter().filter(|m| m.to == me) {
+            let (buf, _) = self.comm.recv_vec::<u8>(m.from, TAG_MIGRATE)?;
+            if buf.len() != page {
+                return Err(WinError::Protocol(format!(
+                    "migrating page {} came with {} bytes",
+                    m.page,
+                    buf.len()
+                )));
+            }
+            self.seg.write(m.page * page, &buf)?;
+            self.seg.protect(m.page, 1, Prot::ReadWrite)?;
+            pt.state[m.page] = OWNED;
+            pt.twins.remove(&m.page);
+        }
+        for m in moves {
+            let home = self.geo.home_of(m.page);
+            if let Some(o) = self.owners.get(m.page) {
+                o.store(m.to, Ordering::Release);
+            }
+            // `moved` counts pages away from home.
+            match (m.from == home, m.to == home) {
+                (true, false) => {
+                    self.moved.fetch_add(1, Ordering::AcqRel);
+                }
+                (false, true) => {
+                    self.moved.fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
+            }
+            self.counters.migrations.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     // ----- the DSM view: release and acquire -------------------------------------------
 
     /// Release: sends the diffs of every dirty page home and waits until applied.
@@ -345,7 +549,7 @@ impl Shared {
             self.seg.read(p * page, &mut cur)?;
             let twin = pt.twins.remove(&p).unwrap_or_else(|| vec![0u8; page]);
             pt.state[p] = READONLY;
-            let body = bodies.entry(self.geo.home_of(p)).or_default();
+            let body = bodies.entry(self.owner_of(p)).or_default();
             for (s, l) in diff_runs(&cur, &twin) {
                 body.extend_from_slice(&((p * page + s) as u64).to_le_bytes());
                 body.extend_from_slice(&(l as u64).to_le_bytes());
@@ -357,16 +561,21 @@ impl Shared {
             self.counters.diff_pages.fetch_add(1, Ordering::Relaxed);
         }
         drop(pt);
+        // Reported at the next fence: the input of the migration policy.
+        self.epoch_diffs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(dirty.iter().copied());
         // Send every diff first, then collect the acknowledgements.
         let mut waits = Vec::new();
-        for (home, body) in bodies {
+        for (owner, body) in bodies {
             if !body.is_empty() {
                 let hdr = Header::new(Kind::Diff, 0, body.len());
-                waits.push((home, self.post(home, hdr, &body)?));
+                waits.push((owner, self.post(owner, hdr, &body)?));
             }
         }
-        for (home, tag) in waits {
-            self.wait_reply(home, tag)?;
+        for (owner, tag) in waits {
+            self.wait_reply(owner, tag)?;
         }
         Ok(())
     }
@@ -405,15 +614,15 @@ impl Shared {
         self.counters.faults.fetch_add(1, Ordering::Relaxed);
         let mut pt = self.lock_pages();
         match (pt.state[p], kind) {
-            (HOME, _) => Err(WinError::InvalidArgument(format!(
-                "fault on home page {p}, which is always mapped"
+            (OWNED, _) => Err(WinError::InvalidArgument(format!(
+                "fault on page {p}, which this rank owns and keeps mapped"
             ))),
             (DIRTY, _) | (READONLY, FaultKind::Read) => Ok(()), // served meanwhile
             (INVALID, k) => {
-                let home = self.geo.home_of(p);
+                let owner = self.owner_of(p);
                 self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-                let v = self.call(home, Header::new(Kind::GetPage, p * page, page), &[])?;
-                let data = proto::parse_reply(home, &v)?;
+                let v = self.call(owner, Header::new(Kind::GetPage, p * page, page), &[])?;
+                let data = proto::parse_reply(owner, &v)?;
                 if data.len() != page {
                     return Err(WinError::Protocol(format!(
                         "page {p} came back with {} bytes",
@@ -675,18 +884,39 @@ impl Service<'_> {
         }
     }
 
-    fn read_region(&self, off: usize, len: usize) -> Result<Vec<u8>> {
+    /// Checks that `len` bytes at `off` of `region`'s region are all on pages this
+    /// rank owns: a request routed with another owner table would be a protocol error.
+    fn check_owned(&self, region: usize, off: usize, len: usize) -> Result<()> {
         let g = &self.sh.geo;
-        g.check(g.me, off, len)?;
+        g.check(region, off, len)?;
+        g.pieces(region, off, len, |so, r| {
+            if r.is_empty() {
+                return Ok(());
+            }
+            let first = so / g.page;
+            let last = (so + r.len() - 1) / g.page;
+            match (first..=last).find(|&p| self.sh.owner_of(p) != g.me) {
+                Some(p) => Err(WinError::Protocol(format!(
+                    "request for page {p} of the segment, which rank {} does not own",
+                    g.me
+                ))),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn read_region(&self, region: usize, off: usize, len: usize) -> Result<Vec<u8>> {
+        let g = &self.sh.geo;
+        self.check_owned(region, off, len)?;
         let mut out = vec![0u8; len];
-        g.pieces(g.me, off, len, |so, r| self.sh.seg.read(so, &mut out[r]))?;
+        g.pieces(region, off, len, |so, r| self.sh.seg.read(so, &mut out[r]))?;
         Ok(out)
     }
 
-    fn write_region(&self, off: usize, data: &[u8]) -> Result<()> {
+    fn write_region(&self, region: usize, off: usize, data: &[u8]) -> Result<()> {
         let g = &self.sh.geo;
-        g.check(g.me, off, data.len())?;
-        g.pieces(g.me, off, data.len(), |so, r| {
+        self.check_owned(region, off, data.len())?;
+        g.pieces(region, off, data.len(), |so, r| {
             self.sh.seg.write(so, &data[r])
         })
     }
@@ -706,12 +936,15 @@ impl Service<'_> {
             .map_err(|_| WinError::Protocol(format!("offset {} too large", h.off)))?;
         let len = usize::try_from(h.len)
             .map_err(|_| WinError::Protocol(format!("length {} too large", h.len)))?;
+        // Data requests name the region they address in `extra` (its pages may be
+        // owned here without being homed here); `check_owned` refuses a bad rank.
+        let region = usize::try_from(h.extra).unwrap_or(usize::MAX);
         match h.kind {
             Kind::Put => {
-                self.write_region(off, payload)?;
+                self.write_region(region, off, payload)?;
                 Ok(Some(Vec::new()))
             }
-            Kind::Get => self.read_region(off, len).map(Some),
+            Kind::Get => self.read_region(region, off, len).map(Some),
             Kind::Acc | Kind::GetAcc => {
                 let (op, kind) = Self::elem(h.code)?;
                 if off % kind_size(kind) != 0 {
@@ -720,11 +953,11 @@ impl Service<'_> {
                         align: kind_size(kind),
                     });
                 }
-                let old = self.read_region(off, payload.len())?;
+                let old = self.read_region(region, off, payload.len())?;
                 let mut new = old.clone();
                 apply(kind, op, &mut new, payload)?;
                 if op != Op::NoOp {
-                    self.write_region(off, &new)?;
+                    self.write_region(region, off, &new)?;
                 }
                 Ok(Some(if h.kind == Kind::GetAcc {
                     old
@@ -736,9 +969,9 @@ impl Service<'_> {
                 if payload.len() != 2 * len {
                     return Err(WinError::Protocol("compare-and-swap payload".into()));
                 }
-                let old = self.read_region(off, len)?;
+                let old = self.read_region(region, off, len)?;
                 if old[..] == payload[..len] {
-                    self.write_region(off, &payload[len..])?;
+                    self.write_region(region, off, &payload[len..])?;
                 }
                 Ok(Some(old))
             }
@@ -801,9 +1034,9 @@ impl Service<'_> {
             Kind::GetPage => {
                 let g = &self.sh.geo;
                 let p = off / g.page;
-                if off % g.page != 0 || p >= g.total_pages || g.home_of(p) != g.me {
+                if off % g.page != 0 || p >= g.total_pages || self.sh.owner_of(p) != g.me {
                     return Err(WinError::Protocol(format!(
-                        "page request at {off}, not a page homed here"
+                        "page request at {off}, not a page owned here"
                     )));
                 }
                 let mut out = vec![0u8; g.page];
@@ -844,9 +1077,13 @@ impl Service<'_> {
                 .ok_or_else(bad)?;
             let p = off / g.page;
             let end = off.checked_add(len).ok_or_else(bad)?;
-            if len == 0 || (end - 1) / g.page != p || p >= g.total_pages || g.home_of(p) != g.me {
+            if len == 0
+                || (end - 1) / g.page != p
+                || p >= g.total_pages
+                || self.sh.owner_of(p) != g.me
+            {
                 return Err(WinError::Protocol(format!(
-                    "diff run {off}+{len} is not inside a page homed here"
+                    "diff run {off}+{len} is not inside a page owned here"
                 )));
             }
             self.sh.seg.write(off, data)?;

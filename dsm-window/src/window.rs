@@ -13,7 +13,7 @@ use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, Registration};
 use crate::proto::{self, Header, Kind, TAG_BARRIER, TAG_COMPLETE, TAG_POST, TAG_SETUP};
 use crate::segment::{page_size, Prot, Segment};
-use crate::shared::{Geometry, Shared, HOME, INVALID};
+use crate::shared::{Geometry, Shared, INVALID, OWNED};
 
 /// How the ranks' regions are laid out in the shared segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -48,6 +48,9 @@ pub struct WindowStats {
     pub diff_bytes: u64,
     /// Cached pages dropped at acquires.
     pub invalidations: u64,
+    /// Pages that changed owner at fences (every rank counts every move, so the value
+    /// is the same on all ranks).
+    pub migrations: u64,
 }
 
 #[derive(Default)]
@@ -90,21 +93,59 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         })
 }
 
-/// Dissemination barrier on the window's private communicator.
+/// Barrier on the window's private communicator: the all-gather of
+/// [`gather_pages`] with nothing to report. One message pattern for every barrier-like
+/// step (allocation, fence, teardown), so that a rank in one of them still matches
+/// another rank in a different one, and a lost peer fails both the same way.
 fn barrier(comm: &Communicator) -> Result<()> {
+    gather_pages(comm, &[]).map(|_| ())
+}
+
+/// Dissemination all-gather of page lists, which is also a barrier: round `k` sends
+/// everything this rank knows to `me + 2^k` and learns everything `me - 2^k` knew, so
+/// after ⌈log₂ n⌉ rounds every rank has every list (same message count as
+/// the plain dissemination barrier). Returns `lists[r]` = rank `r`'s pages.
+fn gather_pages(comm: &Communicator, mine: &[usize]) -> Result<Vec<Vec<usize>>> {
     let (n, me) = (comm.size(), comm.rank());
+    let mut known: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    known.insert(me, mine.to_vec());
     let mut k = 0;
     let mut dist = 1;
     while dist < n {
-        let to = (me + dist) % n;
-        let from = (me + n - dist) % n;
-        comm.send(&[0u8], to, TAG_BARRIER + k)?;
-        let mut b = [0u8; 1];
-        comm.recv_into(&mut b, from, TAG_BARRIER + k)?;
+        // Encoding: per known rank, its number, its count, then its pages.
+        let mut msg: Vec<u64> = Vec::new();
+        for (r, pages) in &known {
+            msg.push(*r as u64);
+            msg.push(pages.len() as u64);
+            msg.extend(pages.iter().map(|&p| p as u64));
+        }
+        comm.send(&msg, (me + dist) % n, TAG_BARRIER + k)?;
+        let (got, _) = comm.recv_vec::<u64>((me + n - dist) % n, TAG_BARRIER + k)?;
+        let bad = || WinError::Protocol("malformed page report at a fence".into());
+        let mut i = 0;
+        while i < got.len() {
+            let r = usize::try_from(got[i]).map_err(|_| bad())?;
+            let c = usize::try_from(*got.get(i + 1).ok_or_else(bad)?).map_err(|_| bad())?;
+            let end = (i + 2).checked_add(c).ok_or_else(bad)?;
+            let pages = got.get(i + 2..end).ok_or_else(bad)?;
+            if r >= n {
+                return Err(bad());
+            }
+            known
+                .entry(r)
+                .or_insert_with(|| pages.iter().map(|&p| p as usize).collect());
+            i = end;
+        }
         dist *= 2;
         k += 1;
     }
-    Ok(())
+    if known.len() != n {
+        return Err(WinError::Protocol(format!(
+            "fence gathered page reports of {} ranks out of {n}",
+            known.len()
+        )));
+    }
+    Ok(known.into_values().collect())
 }
 
 impl Window {
@@ -163,7 +204,7 @@ impl Window {
             i = j;
         }
         for &p in &home_pages {
-            state[p] = HOME;
+            state[p] = OWNED;
         }
         let app = seg.app_base() as usize;
         let app_len = seg.len();
@@ -266,6 +307,14 @@ impl Window {
         Ok(self.sh.geo.home_of(offset / self.sh.geo.page))
     }
 
+    /// Rank that currently owns the page holding segment byte `offset`: its home, or
+    /// the rank the page migrated to (see the crate docs). The same on every rank;
+    /// changes only inside [`fence`](Self::fence).
+    pub fn owner_of(&self, offset: usize) -> Result<usize> {
+        self.home_of(offset)?;
+        Ok(self.sh.owner_of(offset / self.sh.geo.page))
+    }
+
     /// This rank's counters.
     pub fn stats(&self) -> WindowStats {
         let c = &self.sh.counters;
@@ -275,6 +324,7 @@ impl Window {
             diff_pages: c.diff_pages.load(Ordering::Relaxed),
             diff_bytes: c.diff_bytes.load(Ordering::Relaxed),
             invalidations: c.invalidations.load(Ordering::Relaxed),
+            migrations: c.migrations.load(Ordering::Relaxed),
         }
     }
 
@@ -310,12 +360,13 @@ impl Window {
     /// complete; `origin` may be reused at once.
     pub fn put<T: Pod>(&self, origin: &[T], target: usize, disp: usize) -> Result<()> {
         let (off, len) = self.span::<T>(target, disp, origin.len())?;
-        self.sh.send(
-            target,
-            Header::new(Kind::Put, off, len),
-            bytemuck::cast_slice(origin),
-        )?;
-        self.mark_pending(target);
+        let bytes: &[u8] = bytemuck::cast_slice(origin);
+        for (owner, o, l) in self.sh.route(target, off, len)? {
+            let mut h = Header::new(Kind::Put, o, l);
+            h.extra = target as u64;
+            self.sh.send(owner, h, &bytes[o - off..o - off + l])?;
+            self.mark_pending(owner);
+        }
         Ok(())
     }
 
@@ -323,17 +374,25 @@ impl Window {
     /// `disp`. Returns when `buf` holds them.
     pub fn get<T: Pod>(&self, buf: &mut [T], target: usize, disp: usize) -> Result<()> {
         let (off, len) = self.span::<T>(target, disp, buf.len())?;
-        let v = self
-            .sh
-            .call(target, Header::new(Kind::Get, off, len), &[])?;
-        let data = proto::parse_reply(target, &v)?;
-        if data.len() != len {
-            return Err(WinError::Protocol(format!(
-                "get of {len} bytes answered with {}",
-                data.len()
-            )));
+        let out: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        // Ask every owner first, then collect the answers.
+        let mut waits = Vec::new();
+        for (owner, o, l) in self.sh.route(target, off, len)? {
+            let mut h = Header::new(Kind::Get, o, l);
+            h.extra = target as u64;
+            waits.push((owner, o - off, l, self.sh.post(owner, h, &[])?));
         }
-        bytemuck::cast_slice_mut::<T, u8>(buf).copy_from_slice(data);
+        for (owner, at, l, tag) in waits {
+            let v = self.sh.wait_reply(owner, tag)?;
+            let data = proto::parse_reply(owner, &v)?;
+            if data.len() != l {
+                return Err(WinError::Protocol(format!(
+                    "get of {l} bytes answered with {}",
+                    data.len()
+                )));
+            }
+            out[at..at + l].copy_from_slice(data);
+        }
         Ok(())
     }
 
@@ -348,10 +407,16 @@ impl Window {
     ) -> Result<()> {
         op.check(T::KIND)?;
         let (off, len) = self.span::<T>(target, disp, origin.len())?;
-        let mut h = Header::new(Kind::Acc, off, len);
-        h.code = op as u64 | (T::KIND as u64) << 8;
-        self.sh.send(target, h, bytemuck::cast_slice(origin))?;
-        self.mark_pending(target);
+        let bytes: &[u8] = bytemuck::cast_slice(origin);
+        // Pieces split at page boundaries, which are multiples of the element size: no
+        // element is split.
+        for (owner, o, l) in self.sh.route(target, off, len)? {
+            let mut h = Header::new(Kind::Acc, o, l);
+            h.code = op as u64 | (T::KIND as u64) << 8;
+            h.extra = target as u64;
+            self.sh.send(owner, h, &bytes[o - off..o - off + l])?;
+            self.mark_pending(owner);
+        }
         Ok(())
     }
 
@@ -375,14 +440,24 @@ impl Window {
             )));
         }
         let (off, len) = self.span::<T>(target, disp, origin.len())?;
-        let mut h = Header::new(Kind::GetAcc, off, len);
-        h.code = op as u64 | (T::KIND as u64) << 8;
-        let v = self.sh.call(target, h, bytemuck::cast_slice(origin))?;
-        let data = proto::parse_reply(target, &v)?;
-        if data.len() != len {
-            return Err(WinError::Protocol("get_accumulate reply length".into()));
+        let bytes: &[u8] = bytemuck::cast_slice(origin);
+        let out: &mut [u8] = bytemuck::cast_slice_mut(result);
+        let mut waits = Vec::new();
+        for (owner, o, l) in self.sh.route(target, off, len)? {
+            let mut h = Header::new(Kind::GetAcc, o, l);
+            h.code = op as u64 | (T::KIND as u64) << 8;
+            h.extra = target as u64;
+            let at = o - off;
+            waits.push((owner, at, l, self.sh.post(owner, h, &bytes[at..at + l])?));
         }
-        bytemuck::cast_slice_mut::<T, u8>(result).copy_from_slice(data);
+        for (owner, at, l, tag) in waits {
+            let v = self.sh.wait_reply(owner, tag)?;
+            let data = proto::parse_reply(owner, &v)?;
+            if data.len() != l {
+                return Err(WinError::Protocol("get_accumulate reply length".into()));
+            }
+            out[at..at + l].copy_from_slice(data);
+        }
         Ok(())
     }
 
@@ -411,10 +486,20 @@ impl Window {
         let (off, len) = self.span::<T>(target, disp, 1)?;
         let mut payload = bytemuck::bytes_of(&compare).to_vec();
         payload.extend_from_slice(bytemuck::bytes_of(&new));
-        let v = self
-            .sh
-            .call(target, Header::new(Kind::Cas, off, len), &payload)?;
-        let data = proto::parse_reply(target, &v)?;
+        // One element of a power-of-two size never straddles a page: one owner.
+        let owner = match self.sh.route(target, off, len)?.as_slice() {
+            [(o, _, _)] => *o,
+            _ => {
+                return Err(WinError::Misaligned {
+                    offset: off,
+                    align: len,
+                })
+            }
+        };
+        let mut h = Header::new(Kind::Cas, off, len);
+        h.extra = target as u64;
+        let v = self.sh.call(owner, h, &payload)?;
+        let data = proto::parse_reply(owner, &v)?;
         if data.len() != len {
             return Err(WinError::Protocol("compare_and_swap reply length".into()));
         }
@@ -439,6 +524,10 @@ impl Window {
     pub fn flush(&self, target: usize) -> Result<()> {
         self.check_rank(target)?;
         self.sh.release()?;
+        // Operations on `target`'s region went to the owners of its pages.
+        for o in self.sh.foreign_owners(target) {
+            self.flush_rma(o)?;
+        }
         self.flush_rma(target)
     }
 
@@ -484,9 +573,21 @@ impl Window {
 
     /// Collective fence: closes the current epoch (every operation and every store
     /// through the view of every rank is complete and visible) and opens the next.
+    ///
+    /// Fences are also where pages migrate (see the crate docs): the barrier is an
+    /// all-gather of the pages each rank sent diffs of, every rank runs the same
+    /// policy on it, and moved pages travel to their new owners before a second
+    /// barrier (only in fences that move pages).
     pub fn fence(&self) -> Result<()> {
         self.flush_all()?;
-        barrier(&self.sh.comm)?;
+        let mine = self.sh.take_epoch_diffs();
+        let all = gather_pages(&self.sh.comm, &mine)?;
+        let moves = self.sh.decide(&all);
+        if !moves.is_empty() {
+            self.sh.migrate(&moves)?;
+            // No request of the next epoch reaches a new owner before it has the page.
+            barrier(&self.sh.comm)?;
+        }
         self.sh.invalidate(None)
     }
 
@@ -505,6 +606,10 @@ impl Window {
     pub fn unlock(&self, target: usize) -> Result<()> {
         self.check_rank(target)?;
         self.sh.release()?;
+        // Operations on pages of `target` that live elsewhere complete there first.
+        for o in self.sh.foreign_owners(target) {
+            self.flush_rma(o)?;
+        }
         self.pending()[target] = false;
         // Served after everything this rank sent before: the acknowledgement completes
         // them all.

@@ -1,0 +1,194 @@
+//! Page migration at fences: a page one rank keeps writing alone through its view moves
+//! to that rank; RMA and the other ranks' views follow it to its new owner.
+//!
+//! Every test separates writing epochs from reading epochs with a fence, so reads never
+//! race with the next writes; epochs without writes are neutral for the policy.
+
+use dsmpi_runtime::run_local;
+use dsmpi_window::{LockType, Op, Window};
+
+const PAGE: usize = 4096;
+const WORDS: usize = PAGE / 8;
+
+/// Rank `w` writes words 0..8 of rank 0's first page through the view: `value + i`.
+fn write_alone(win: &Window, w: usize, value: u64) {
+    if win.rank() == w {
+        let v = win.view::<u64>().unwrap();
+        let base = v.index_of(0, 0).unwrap();
+        for i in 0..8 {
+            v.store(base + i, value + i as u64).unwrap();
+        }
+    }
+}
+
+/// Every rank checks words 0..8 of rank 0's first page, through the view and `get`.
+fn check_all(win: &Window, value: u64) {
+    let v = win.view::<u64>().unwrap();
+    let base = v.index_of(0, 0).unwrap();
+    for i in 0..8 {
+        assert_eq!(v.load(base + i).unwrap(), value + i as u64, "view word {i}");
+    }
+    let mut got = [0u64; 8];
+    win.get(&mut got, 0, 0).unwrap();
+    let want: Vec<u64> = (0..8).map(|i| value + i).collect();
+    assert_eq!(got.to_vec(), want, "get");
+}
+
+#[test]
+fn a_page_written_alone_migrates_to_its_writer() {
+    for n in 1..=5 {
+        run_local(n, |world| {
+            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let (me, n) = (world.rank(), world.size());
+            let w = n - 1; // for n = 1 the writer is the home: nothing to migrate
+            win.fence().unwrap();
+            let mut diffs_after_move = None;
+            for epoch in 0..5u64 {
+                write_alone(&win, w, 100 * epoch);
+                win.fence().unwrap();
+                let moved = win.stats().migrations;
+                if n > 1 {
+                    // Two epochs of sole writing move the page, and nothing else moves.
+                    let want = if epoch >= 1 { 1 } else { 0 };
+                    assert_eq!(moved, want, "epoch {epoch}");
+                    let owner = win.owner_of(0).unwrap();
+                    assert_eq!(owner, if epoch >= 1 { w } else { 0 });
+                    assert_eq!(win.owner_of(PAGE).unwrap(), 0, "the other page stays");
+                    assert_eq!(win.home_of(0).unwrap(), 0, "the home does not change");
+                } else {
+                    assert_eq!(moved, 0);
+                }
+                if epoch == 1 {
+                    diffs_after_move = Some(win.stats().diff_pages);
+                }
+                check_all(&win, 100 * epoch);
+                // A reading epoch: neutral for the policy, and keeps reads off the
+                // next epoch's writes.
+                win.fence().unwrap();
+            }
+            // The new owner writes its page in place: no more diffs for it.
+            if me == w {
+                assert_eq!(Some(win.stats().diff_pages), diffs_after_move);
+            }
+            win.free().unwrap();
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn a_page_written_by_two_ranks_does_not_migrate() {
+    for n in 3..=5 {
+        run_local(n, |world| {
+            let win = Window::allocate(&world, PAGE).unwrap();
+            let v = win.view::<u64>().unwrap();
+            let me = world.rank();
+            let base = v.index_of(0, 0).unwrap();
+            for epoch in 0..5u64 {
+                // Ranks 1 and 2 write different words of rank 0's page.
+                if me == 1 || me == 2 {
+                    v.store(base + me, epoch * 10 + me as u64).unwrap();
+                }
+                win.fence().unwrap();
+                assert_eq!(v.load(base + 1).unwrap(), epoch * 10 + 1);
+                assert_eq!(v.load(base + 2).unwrap(), epoch * 10 + 2);
+                win.fence().unwrap();
+            }
+            assert_eq!(win.stats().migrations, 0);
+            assert_eq!(win.owner_of(0).unwrap(), 0);
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn rma_on_a_migrated_page_lands_exactly() {
+    for n in 2..=5 {
+        run_local(n, |world| {
+            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let (me, n) = (world.rank(), world.size());
+            let w = 1;
+            for epoch in 0..2u64 {
+                write_alone(&win, w, epoch);
+                win.fence().unwrap();
+            }
+            assert_eq!(win.owner_of(0).unwrap(), w);
+            assert_eq!(win.owner_of(PAGE).unwrap(), 0);
+            // Accumulates from every rank on the migrated page (word 100), and one
+            // that spans both pages of rank 0's region (two owners).
+            let iters = 200;
+            for _ in 0..iters {
+                win.accumulate(&[1u64], 0, 100, Op::Sum).unwrap();
+                win.accumulate(&[1u64, 2], 0, WORDS - 1, Op::Sum).unwrap();
+            }
+            let t = win.fetch_and_op(1u64, 0, 101, Op::Sum).unwrap();
+            assert!(t < n as u64);
+            win.fence().unwrap();
+            let mut got = [0u64; 2];
+            win.get(&mut got, 0, WORDS - 1).unwrap();
+            let total = (n * iters) as u64;
+            assert_eq!(got, [total, 2 * total]);
+            let mut x = [0u64; 2];
+            win.get(&mut x, 0, 100).unwrap();
+            assert_eq!(x, [total, n as u64]);
+            // The owner sees the same bytes in place through its view.
+            let v = win.view::<u64>().unwrap();
+            assert_eq!(v.load(v.index_of(0, 100).unwrap()).unwrap(), total);
+            win.fence().unwrap();
+            // Passive target: a read-modify-write counter on the migrated page under
+            // rank 0's exclusive lock. The unlock completes the put at the owner
+            // before the lock passes on, or an increment would be lost.
+            for _ in 0..20 {
+                win.lock(LockType::Exclusive, 0).unwrap();
+                let mut c = [0u64];
+                win.get(&mut c, 0, 200).unwrap();
+                win.put(&[c[0] + 1], 0, 200).unwrap();
+                win.unlock(0).unwrap();
+            }
+            win.fence().unwrap();
+            let mut c = [0u64];
+            win.get(&mut c, 0, 200).unwrap();
+            assert_eq!(c[0], 20 * n as u64);
+            // Everyone has read before rank 0 swaps.
+            win.fence().unwrap();
+            // Compare-and-swap routes to the owner too.
+            if me == 0 {
+                assert_eq!(win.compare_and_swap(c[0], 7u64, 0, 200).unwrap(), c[0]);
+            }
+            win.fence().unwrap();
+            win.get(&mut c, 0, 200).unwrap();
+            assert_eq!(c[0], 7);
+            assert_eq!(win.stats().migrations, 1, "RMA does not move pages");
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn ownership_moves_on_and_back() {
+    for n in 2..=5 {
+        run_local(n, |world| {
+            let win = Window::allocate(&world, PAGE).unwrap();
+            let n = world.size();
+            // Rank 1, then (with three ranks or more) rank 2, then the home writes alone.
+            let mut writers = vec![1];
+            if n > 2 {
+                writers.push(2);
+            }
+            writers.push(0);
+            let mut value = 0;
+            for (k, &w) in writers.iter().enumerate() {
+                for _ in 0..2 {
+                    value += 1000;
+                    write_alone(&win, w, value);
+                    win.fence().unwrap();
+                    check_all(&win, value);
+                    win.fence().unwrap();
+                }
+                assert_eq!(win.owner_of(0).unwrap(), w);
+                assert_eq!(win.stats().migrations, k as u64 + 1);
+            }
+        })
+        .unwrap();
+    }
+}
