@@ -180,6 +180,7 @@ fn bench(world: Communicator) -> Result<(), Box<dyn std::error::Error>> {
     win.fence()?;
     halo(&world, &win)?;
     gups(&world)?;
+    migration(&world)?;
     win.free()?;
     Ok(())
 }
@@ -346,6 +347,57 @@ fn gups(world: &Communicator) -> Result<(), Box<dyn std::error::Error>> {
             per(bucketed),
             bucketed
         );
+    }
+    Ok(())
+}
+
+/// Page migration: rank 0 alone writes `pages` pages homed at rank 1 through its view,
+/// every fence epoch. Epoch 0 pays a write fault (fetch + twin) per page and the diffs
+/// at the fence; epoch 1 the same plus the migration at its fence; from epoch 2 on the
+/// pages are rank 0's and the epoch is the stores and a fence. Fresh window per
+/// repetition, so every repetition sees the migration happen; allocation not timed.
+fn migration(world: &Communicator) -> Result<(), Box<dyn std::error::Error>> {
+    let (me, n) = (world.rank(), world.size());
+    if n < 2 {
+        return Ok(());
+    }
+    let reps = 40;
+    let after = 8;
+    for pages in [1usize, 8] {
+        let (mut e0, mut e1, mut later) = (Vec::new(), Vec::new(), Vec::new());
+        let mut migrations = 0;
+        for _ in 0..reps {
+            let win = Window::allocate(world, pages * 4096)?;
+            let v = win.view::<u64>()?;
+            win.fence()?;
+            for epoch in 0..2 + after {
+                let t = Instant::now();
+                if me == 0 {
+                    for p in 0..pages {
+                        let base = v.index_of(1, p * 512)?;
+                        for w in 0..16 {
+                            v.store(base + w * 32, (epoch * 1000 + w) as u64)?;
+                        }
+                    }
+                }
+                win.fence()?;
+                let us = t.elapsed().as_secs_f64() * 1e6;
+                match epoch {
+                    0 => e0.push(us),
+                    1 => e1.push(us),
+                    _ => later.push(us),
+                }
+            }
+            migrations = win.stats().migrations;
+            win.free()?;
+        }
+        let tag = format!("{pages} page(s), {n} ranks");
+        report(me, &format!("sole writer epoch 0 ({tag})"), e0);
+        report(me, &format!("sole writer epoch 1, migrates ({tag})"), e1);
+        report(me, &format!("sole writer epochs 2+ ({tag})"), later);
+        if me == 0 {
+            println!("# migrations per repetition: {migrations}");
+        }
     }
     Ok(())
 }

@@ -212,6 +212,26 @@
 //!   through sleeping service threads. For regular neighbour exchanges two-sided wins
 //!   by ~40×.
 //! - `lock_all`/`unlock_all` costs 2n round trips (18 µs at n=2 in processes).
+//! - Page migration (`window_bench`'s last section; fresh window per repetition, 40
+//!   repetitions, rank 0 alone stores 16 words into each of 1 or 8 pages homed at
+//!   rank 1 every fence epoch; medians of store + fence, µs):
+//!
+//!   | run                      | epoch 0 (faults + diffs) | epoch 1 (+ migration) | epochs 2+ (owned) |
+//!   |--------------------------|-------------------------:|----------------------:|------------------:|
+//!   | threads, n=2, 1 page     | 316                      | 410                   | 4.5               |
+//!   | threads, n=2, 8 pages    | 503                      | 862                   | 5.1               |
+//!   | processes, n=2, 1 page   | 316                      | 420                   | 10                |
+//!   | processes, n=2, 8 pages  | 1270                     | 527                   | 10                |
+//!   | processes, n=4, 1 page   | 434                      | 676                   | 249               |
+//!   | processes, n=4, 8 pages  | 1304                     | 1565                  | 224               |
+//!
+//!   Before migration an epoch costs a write fault per page (fetch + twin), the diffs,
+//!   and the fence; the migrating fence adds one page transfer per page and a second
+//!   barrier; afterwards the epoch is the stores and a bare fence (6 µs at n=2, 156 µs
+//!   at n=4 oversubscribed on 2 cores, where the fence dominates). Fences that move
+//!   nothing cost what the plain barrier did (the all-gather is the same messages).
+//!   Epoch 0 is also the first traffic after allocation (sleeping service threads),
+//!   which is why it is sometimes slower than epoch 1.
 #![warn(missing_docs)]
 
 mod element;
