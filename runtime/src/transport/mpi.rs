@@ -1311,39 +1311,17 @@ impl NativeCollectives for MpiTransport {
         send: &[u8],
         recv: &mut [u8],
     ) -> Result<()> {
-        let n = scope.members.len();
-        let root_c = check_root(root, n)?;
-        let me = scope_rank(&scope, self.rank, self.size)?;
-        let block = count_of(send.len(), "a gather block")?;
-        if me == root && recv.len() != send.len().saturating_mul(n) {
-            return Err(native_arg(format!(
-                "gather: the root's receive buffer has {} bytes, not {n} blocks of {}",
-                recv.len(),
-                send.len()
-            )));
-        }
-        if me == root {
-            count_of(recv.len(), "a gather")?;
-        }
         let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
-        self.run_native(&scope, "MPI_Igather", |comm, req| {
-            // SAFETY: `send` has `block` bytes; at the root `recv` has n blocks of it
-            // (checked above), elsewhere MPI does not touch it. Both stay borrowed
-            // until run_native returns.
-            unsafe {
-                ffi::MPI_Igather(
-                    sp.cast(),
-                    block,
-                    ffi::RSMPI_UINT8_T,
-                    rp.cast(),
-                    block,
-                    ffi::RSMPI_UINT8_T,
-                    root_c,
-                    comm,
-                    req,
-                )
-            }
-        })
+        let rooted = Rooted {
+            op: "gather",
+            call: "MPI_Igather",
+            block: send.len(),
+            whole: recv.len(),
+        };
+        // SAFETY: `send` has `block` bytes and, at the root, `recv` has n blocks of
+        // it (`run_rooted` checks both); elsewhere MPI does not touch `recv`. Both
+        // stay borrowed until this call returns.
+        unsafe { self.run_rooted(&scope, root, rooted, sp, rp, ffi::MPI_Igather) }
     }
 
     fn scatter(
@@ -1353,27 +1331,76 @@ impl NativeCollectives for MpiTransport {
         send: &[u8],
         recv: &mut [u8],
     ) -> Result<()> {
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let rooted = Rooted {
+            op: "scatter",
+            call: "MPI_Iscatter",
+            block: recv.len(),
+            whole: send.len(),
+        };
+        // SAFETY: `recv` has `block` bytes and, at the root, `send` has n blocks of
+        // it (`run_rooted` checks both); elsewhere MPI does not read `send`. Both
+        // stay borrowed until this call returns.
+        unsafe { self.run_rooted(&scope, root, rooted, sp, rp, ffi::MPI_Iscatter) }
+    }
+}
+
+/// The shape of a rooted collective of equal byte blocks (gather, scatter): one
+/// `block` at every rank, `whole` = n blocks at the root.
+struct Rooted {
+    op: &'static str,
+    call: &'static str,
+    block: usize,
+    whole: usize,
+}
+
+/// `MPI_Igather` and `MPI_Iscatter` share this signature.
+type RootedCall = unsafe extern "C" fn(
+    *const c_void,
+    c_int,
+    ffi::MPI_Datatype,
+    *mut c_void,
+    c_int,
+    ffi::MPI_Datatype,
+    c_int,
+    ffi::MPI_Comm,
+    *mut ffi::MPI_Request,
+) -> c_int;
+
+impl MpiTransport {
+    /// Checks a rooted collective's sizes, then runs `call` on bytes.
+    ///
+    /// # Safety
+    /// `sp` and `rp` must be the caller's send and receive buffers, described by
+    /// `shape` (the root's side of `whole` bytes, every rank's of `block` bytes), and
+    /// stay valid until this returns.
+    unsafe fn run_rooted(
+        &self,
+        scope: &NativeScope<'_>,
+        root: usize,
+        shape: Rooted,
+        sp: *const u8,
+        rp: *mut u8,
+        call: RootedCall,
+    ) -> Result<()> {
         let n = scope.members.len();
         let root_c = check_root(root, n)?;
-        let me = scope_rank(&scope, self.rank, self.size)?;
-        let block = count_of(recv.len(), "a scatter block")?;
-        if me == root && send.len() != recv.len().saturating_mul(n) {
-            return Err(native_arg(format!(
-                "scatter: the root's send buffer has {} bytes, not {n} blocks of {}",
-                send.len(),
-                recv.len()
-            )));
-        }
+        let me = scope_rank(scope, self.rank, self.size)?;
+        let block = count_of(shape.block, "a block")?;
         if me == root {
-            count_of(send.len(), "a scatter")?;
+            if shape.whole != shape.block.saturating_mul(n) {
+                return Err(native_arg(format!(
+                    "{}: the root's buffer has {} bytes, not {n} blocks of {}",
+                    shape.op, shape.whole, shape.block
+                )));
+            }
+            count_of(shape.whole, "a root buffer")?;
         }
-        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
-        self.run_native(&scope, "MPI_Iscatter", |comm, req| {
-            // SAFETY: `recv` has `block` bytes; at the root `send` has n blocks of it
-            // (checked above), elsewhere MPI does not read it. Both stay borrowed
-            // until run_native returns.
+        self.run_native(scope, shape.call, |comm, req| {
+            // SAFETY: the sizes were checked above against the buffers the caller
+            // vouched for; MPI reads/writes `block` bytes per rank.
             unsafe {
-                ffi::MPI_Iscatter(
+                call(
                     sp.cast(),
                     block,
                     ffi::RSMPI_UINT8_T,
