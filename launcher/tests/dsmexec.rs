@@ -5,127 +5,21 @@
 //! every spawned process is killed by a guard even when an assertion fails.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use dsmpi_runtime::bootstrap::{self, JobToken, PmiMsg};
-use nix::sys::signal::{kill, killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::{kill, Signal};
 
-const DSMEXEC: &str = env!("CARGO_BIN_EXE_dsmexec");
+mod common;
+use common::{Finished, Running};
+
 const DSMWRAP: &str = env!("CARGO_BIN_EXE_dsmwrap");
 
 /// Longest any single test job may take before the test fails (and kills it).
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A running `dsmexec` and the rank pids the test learned; kills all of them on drop.
-struct Running {
-    child: Child,
-    rank_pids: Vec<i32>,
-    stdout: Option<mpsc::Receiver<String>>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl Running {
-    fn start(args: &[&str], stdin: Stdio) -> Running {
-        Running::start_with_env(args, stdin, &[])
-    }
-
-    fn start_with_env(args: &[&str], stdin: Stdio, env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(DSMEXEC)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dsmexec");
-        let out = child.stdout.take().expect("stdout pipe");
-        let mut err = child.stderr.take().expect("stderr pipe");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Running {
-            child,
-            rank_pids: Vec::new(),
-            stdout: Some(rx),
-            stderr: Some(stderr),
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// The next stdout line, within a generous bound.
-    fn line(&self) -> String {
-        self.stdout
-            .as_ref()
-            .expect("stdout still read")
-            .recv_timeout(LIMIT)
-            .expect("a line from dsmexec within the limit")
-    }
-
-    /// Waits for dsmexec to exit; returns its status, all stdout lines not yet taken,
-    /// stderr, and how long the wait took.
-    fn finish(&mut self) -> Finished {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for dsmexec") {
-                break status;
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "dsmexec did not exit within {LIMIT:?}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        let waited = start.elapsed();
-        let stdout = self
-            .stdout
-            .take()
-            .map(|rx| rx.iter().collect())
-            .unwrap_or_default();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|t| t.join().expect("stderr reader"))
-            .unwrap_or_default();
-        Finished {
-            status,
-            stdout,
-            stderr,
-            waited,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // SIGKILL takes the ranks along (PR_SET_PDEATHSIG); the explicit kills cover
-        // the case where that is what is being tested and broken.
-        let _ = self.child.kill();
-        for &pid in &self.rank_pids {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// A scratch directory removed on drop.
 struct TempDir(std::path::PathBuf);
@@ -148,23 +42,8 @@ impl Drop for TempDir {
     }
 }
 
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: String,
-    waited: Duration,
-}
-
-impl Finished {
-    fn code(&self) -> i32 {
-        self.status
-            .code()
-            .unwrap_or_else(|| panic!("dsmexec died by a signal: {:?}", self.status))
-    }
-}
-
 fn run(args: &[&str]) -> Finished {
-    Running::start(args, Stdio::null()).finish()
+    Running::start(LIMIT, args, Stdio::null()).finish()
 }
 
 /// State and process group of `pid` from `/proc`, if it exists.
@@ -333,6 +212,7 @@ fn a_failing_rank_ends_the_job_with_its_code() {
     let go = TempDir::new("go");
     let go_file = go.0.join("go");
     let mut r = Running::start_with_env(
+        LIMIT,
         &["-n", "3", "sh", "-c", script],
         Stdio::null(),
         &[("GO_FILE", &go_file.to_string_lossy())],
@@ -387,6 +267,7 @@ fn a_rank_killed_by_a_signal_is_reported_by_name() {
 #[test]
 fn sigterm_to_dsmexec_stops_every_rank() {
     let mut r = Running::start(
+        LIMIT,
         &["-n", "3", "sh", "-c", "echo $$; exec sleep 30"],
         Stdio::null(),
     );
@@ -403,6 +284,7 @@ fn a_second_sigint_does_not_wait_for_the_grace_period() {
     // Ranks ignore SIGINT, so only the SIGKILL ends them; with a 60 s grace period the
     // job can only end in time if the second SIGINT kills at once.
     let mut r = Running::start(
+        LIMIT,
         &[
             "--grace-ms",
             "60000",
@@ -460,6 +342,7 @@ fn bad_command_lines_fail_in_one_line() {
 #[test]
 fn only_rank_0_reads_stdin() {
     let mut r = Running::start(
+        LIMIT,
         &["-n", "2", "sh", "-c", r#"read x; echo "$DSMPI_RANK:$x""#],
         Stdio::piped(),
     );
@@ -475,10 +358,10 @@ fn only_rank_0_reads_stdin() {
 
 #[test]
 fn a_closed_stdout_ends_writers_quietly() {
-    let mut r = Running::start(&["-n", "2", "yes"], Stdio::null());
+    let mut r = Running::start(LIMIT, &["-n", "2", "yes"], Stdio::null());
     assert_eq!(r.line(), "y");
     // The reader goes away, like `dsmexec -n 2 yes | head -1`.
-    r.stdout = None;
+    r.close_stdout();
     let f = r.finish();
     assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
     assert_eq!(f.stderr, "");
@@ -574,7 +457,7 @@ fn fake_rank_args(np: &str) -> Vec<String> {
 fn pmi_link_end_to_end() {
     let args = fake_rank_args("3");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let f = Running::start(&args, Stdio::null()).finish();
+    let f = Running::start(LIMIT, &args, Stdio::null()).finish();
     assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
     let mut tables: Vec<&String> = f
         .stdout
@@ -595,7 +478,8 @@ fn pmi_link_end_to_end() {
 fn pmi_abort_ends_the_job_with_its_code() {
     let args = fake_rank_args("3");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut r = Running::start_with_env(&args, Stdio::null(), &[("FAKE_RANK_MODE", "abort")]);
+    let mut r =
+        Running::start_with_env(LIMIT, &args, Stdio::null(), &[("FAKE_RANK_MODE", "abort")]);
     let f = r.finish();
     assert_eq!(f.code(), 3, "stderr: {}", f.stderr);
     assert!(f.waited < Duration::from_secs(20), "took {:?}", f.waited);

@@ -10,19 +10,20 @@
 //! `Drop`, failed assertion or not. Timing bounds are generous upper bounds only.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-const DSMEXEC: &str = env!("CARGO_BIN_EXE_dsmexec");
+mod common;
+use common::{Finished, Running, DSMEXEC};
+
 const DSMWRAP: &str = env!("CARGO_BIN_EXE_dsmwrap");
 
 /// Longest any test job may take before the test fails (and kills it).
@@ -362,116 +363,8 @@ impl Drop for Cluster {
     }
 }
 
-/// A running dsmexec; killed on drop.
-struct Running {
-    child: Child,
-    stdout: Option<mpsc::Receiver<String>>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-struct Finished {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: String,
-    waited: Duration,
-}
-
-impl Finished {
-    fn code(&self) -> i32 {
-        self.status.code().unwrap_or(-1)
-    }
-
-    /// dsmexec's own lines on stderr.
-    fn reports(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .filter(|l| l.starts_with("dsmexec:"))
-            .collect()
-    }
-}
-
-impl Running {
-    fn start(args: &[&str], stdin: Stdio) -> Running {
-        let mut child = Command::new(DSMEXEC)
-            .args(args)
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start dsmexec");
-        let out = child.stdout.take().expect("stdout pipe");
-        let mut err = child.stderr.take().expect("stderr pipe");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Running {
-            child,
-            stdout: Some(rx),
-            stderr: Some(stderr),
-        }
-    }
-
-    /// The next stdout line, within the limit.
-    fn line(&self) -> String {
-        self.stdout
-            .as_ref()
-            .expect("stdout still read")
-            .recv_timeout(LIMIT)
-            .expect("a line from dsmexec within the limit")
-    }
-
-    fn finish(&mut self) -> Finished {
-        let start = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for dsmexec") {
-                break status;
-            }
-            assert!(
-                start.elapsed() < LIMIT,
-                "dsmexec did not exit within {LIMIT:?}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        };
-        let waited = start.elapsed();
-        let stdout = self
-            .stdout
-            .take()
-            .map(|rx| rx.iter().collect())
-            .unwrap_or_default();
-        let stderr = self
-            .stderr
-            .take()
-            .map(|t| t.join().expect("stderr reader"))
-            .unwrap_or_default();
-        Finished {
-            status,
-            stdout,
-            stderr,
-            waited,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn run(args: &[&str]) -> Finished {
-    Running::start(args, Stdio::null()).finish()
+    Running::start(LIMIT, args, Stdio::null()).finish()
 }
 
 /// `[-f HOSTFILE --launch-agent AGENT]` followed by `rest`.
@@ -507,7 +400,7 @@ fn start_sleepers_on(
     let mut rest = vec!["-n", np_s.as_str()];
     rest.extend_from_slice(extra);
     rest.extend_from_slice(&["sh", "-c", SLEEPER]);
-    let r = Running::start(&args(&hf, &agent, &rest), Stdio::null());
+    let r = Running::start(LIMIT, &args(&hf, &agent, &rest), Stdio::null());
     let mut pids = Vec::new();
     while pids.len() < np {
         let l = r.line();
@@ -875,7 +768,11 @@ fn a_sigkilled_dsmexec_leaves_nothing_on_the_hosts() {
     let Some(c) = Cluster::new(2) else { return };
     let hf = c.hostfile("node1 slots=2\nnode2 slots=2\n");
     let agent = c.agent();
-    let r = Running::start(&args(&hf, &agent, &["sh", "-c", SLEEPER]), Stdio::null());
+    let r = Running::start(
+        LIMIT,
+        &args(&hf, &agent, &["sh", "-c", SLEEPER]),
+        Stdio::null(),
+    );
     let mut pids = Vec::new();
     while pids.len() < 4 {
         let l = r.line();
@@ -902,7 +799,11 @@ fn sigusr1_reaches_every_remote_rank() {
     let agent = c.agent();
     let script =
         r#"trap 'echo got USR1 $DSMPI_RANK; exit 0' USR1; echo ready; while :; do sleep 0.1; done"#;
-    let mut r = Running::start(&args(&hf, &agent, &["sh", "-c", script]), Stdio::null());
+    let mut r = Running::start(
+        LIMIT,
+        &args(&hf, &agent, &["sh", "-c", script]),
+        Stdio::null(),
+    );
     assert_eq!(r.line(), "ready");
     assert_eq!(r.line(), "ready");
     kill(Pid::from_raw(r.child.id() as i32), Signal::SIGUSR1).expect("SIGUSR1 dsmexec");
@@ -1058,6 +959,7 @@ fn launch_fanout_is_the_degree_of_a_launch_tree() {
     sh(&["chmod", "+x", &agent.to_string_lossy()]);
     let agent_s = agent.to_string_lossy().into_owned();
     let mut r = Running::start(
+        LIMIT,
         &[
             "--host",
             "fake1,fake2,fake3,fake4,fake5,fake6",
