@@ -3,7 +3,7 @@
 use bytemuck::Pod;
 use dsmpi_runtime::Communicator;
 
-use crate::allgather::{self, Allgather};
+use crate::allgather::{self, Allgather, Allgatherv};
 use crate::allreduce::{self, Allreduce};
 use crate::alltoall::{self, Alltoall, Alltoallv};
 use crate::barrier::{self, Barrier};
@@ -117,6 +117,25 @@ pub trait Collectives {
     fn all_gather_into<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()>;
     /// [`all_gather_into`](Self::all_gather_into) with a chosen algorithm.
     fn all_gather_with<T: Pod>(&self, alg: Allgather, send: &[T], recv: &mut [T]) -> Result<()>;
+    /// Rank r's `send` (`counts[r]` elements) lands at `recv[displs[r]..][..counts[r]]`
+    /// of every rank (MPI_Allgatherv); every rank passes the same `counts` and
+    /// `displs`.
+    fn all_gather_v_into<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()>;
+    /// [`all_gather_v_into`](Self::all_gather_v_into) with a chosen algorithm.
+    fn all_gather_v_with<T: Pod>(
+        &self,
+        alg: Allgatherv,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()>;
 
     /// Block j of rank i's `send` becomes block i of rank j's `recv` (MPI_Alltoall);
     /// both hold p equal blocks.
@@ -345,6 +364,35 @@ impl Collectives for Communicator {
     }
     fn all_gather_with<T: Pod>(&self, alg: Allgather, send: &[T], recv: &mut [T]) -> Result<()> {
         allgather::run(&self.library(), alg, bytes(send), bytes_mut(recv))
+    }
+    fn all_gather_v_into<T: Pod>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
+        let alg = Allgatherv::choose(std::mem::size_of_val(recv), self.size());
+        self.all_gather_v_with(alg, send, recv, counts, displs)
+    }
+    fn all_gather_v_with<T: Pod>(
+        &self,
+        alg: Allgatherv,
+        send: &[T],
+        recv: &mut [T],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
+        let s = std::mem::size_of::<T>();
+        allgather::run_v(
+            &self.library(),
+            alg,
+            bytes(send),
+            bytes_mut(recv),
+            &scaled::<T>(counts),
+            &scaled::<T>(displs),
+        )
+        .map_err(|e| per_elem(e, s))
     }
 
     fn all_to_all_into<T: Pod>(&self, send: &[T], recv: &mut [T]) -> Result<()> {

@@ -63,7 +63,7 @@ pub use error::{Error, Result};
 /// [`TypedCommunication`](datatype::TypedCommunication) traits, the algorithm enums,
 /// the reduction operations and the datatype constructors.
 pub mod prelude {
-    pub use crate::allgather::Allgather;
+    pub use crate::allgather::{Allgather, Allgatherv};
     pub use crate::allreduce::Allreduce;
     pub use crate::alltoall::{Alltoall, Alltoallv};
     pub use crate::api::Collectives;

@@ -218,6 +218,35 @@ fn allgather_every_algorithm() {
 }
 
 #[test]
+fn allgatherv_every_algorithm() {
+    for n in 1..=9 {
+        run(B, n, |w, fails| {
+            let me = w.rank();
+            for len in rootless_sizes(n) {
+                let (counts, displs, total) = v_layout(n, len);
+                let mut want = vec![0xEEu8; total];
+                for r in 0..n {
+                    want[displs[r]..displs[r] + counts[r]]
+                        .copy_from_slice(&bytes(r, counts[r], 13));
+                }
+                for alg in Allgatherv::ALL {
+                    let mut recv = vec![0xEEu8; total];
+                    let mine = bytes(me, counts[me], 13);
+                    let res = w.all_gather_v_with(alg, &mine, &mut recv, &counts, &displs);
+                    check(
+                        fails,
+                        || format!("allgatherv {alg:?} n={n} len={len}"),
+                        res,
+                        &recv,
+                        &want,
+                    );
+                }
+            }
+        });
+    }
+}
+
+#[test]
 fn alltoall_every_algorithm() {
     for n in 1..=9 {
         run(B, n, |w, fails| {

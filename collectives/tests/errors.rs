@@ -95,6 +95,65 @@ fn native_needs_the_mpi_backend() {
             &[1u32; 6],
             &mut b[..2]
         )));
+        let (one, mut r1) = ([1u32], [0u32]);
+        assert!(unavailable(w.reduce_with(
+            Reduce::Native,
+            0,
+            &one,
+            &mut r1,
+            SystemOp::Sum
+        )));
+        assert!(unavailable(w.all_gather_with(
+            Allgather::Native,
+            &one,
+            &mut b[..3]
+        )));
+        assert!(unavailable(w.scan_with(
+            Scan::Native,
+            &one,
+            &mut r1,
+            SystemOp::Sum
+        )));
+        assert!(unavailable(w.exclusive_scan_with(
+            Scan::Native,
+            &one,
+            &mut r1,
+            SystemOp::Sum
+        )));
+        let (c, d) = ([1usize; 3], [0usize, 1, 2]);
+        assert!(unavailable(w.gatherv_with(
+            Gather::Native,
+            0,
+            &one,
+            &mut b[..3],
+            &c,
+            &d
+        )));
+        assert!(unavailable(w.scatterv_with(
+            Scatter::Native,
+            0,
+            &[1u32; 3],
+            &c,
+            &d,
+            &mut r1
+        )));
+        assert!(unavailable(w.all_gather_v_with(
+            Allgatherv::Native,
+            &one,
+            &mut b[..3],
+            &c,
+            &d
+        )));
+        let mut out = [0u32; 3];
+        assert!(unavailable(w.all_to_all_v_with(
+            Alltoallv::Native,
+            &[1u32; 3],
+            &c,
+            &d,
+            &mut out,
+            &c,
+            &d
+        )));
         // A dsmpi algorithm still works afterwards: nothing was left half-sent.
         let mut s = [0u32];
         w.all_reduce_into(&[1u32], &mut s, SystemOp::Sum).unwrap();

@@ -1,5 +1,7 @@
 //! `Native` collectives (MPI's own, on the `mpi` backend) give the same results as
-//! dsmpi's algorithms, on the world communicator and on a split one.
+//! dsmpi's algorithms, on the world communicator, a split one and a dup: bcast,
+//! allreduce, alltoall, gather, scatter, barrier, reduce, allgather, scan, exscan and
+//! the v forms (gatherv, scatterv, allgatherv, alltoallv).
 //!
 //! A test without the libtest harness, like the runtime's `mpi_p2p`: run by
 //! `cargo test -p dsmpi-collectives --features mpi`, it finds `mpirun` and launches
@@ -129,6 +131,186 @@ fn gather_scatter_barrier(c: &Communicator) -> Check {
     c.barrier_with(Barrier::Native).map_err(e2s)
 }
 
+/// Reduce to every root, integers and floats of integral values (exact).
+fn reduce(c: &Communicator) -> Check {
+    let (n, me) = (c.size(), c.rank());
+    for len in [1usize, 333, 20_000] {
+        let send = data(me, len, 6);
+        for root in 0..n {
+            let recv_len = if me == root { len } else { 0 };
+            for op in [SystemOp::Sum, SystemOp::Min, SystemOp::BitOr] {
+                let (mut own, mut native) = (vec![0u64; recv_len], vec![0u64; recv_len]);
+                c.reduce_with(Reduce::Binomial, root, &send, &mut own, op)
+                    .map_err(e2s)?;
+                c.reduce_with(Reduce::Native, root, &send, &mut native, op)
+                    .map_err(e2s)?;
+                ensure(own == native, || {
+                    format!("reduce {op:?} of {len} u64 to root {root} differs")
+                })?;
+            }
+        }
+        let fs: Vec<f64> = send.iter().map(|&x| (x % 1000) as f64).collect();
+        let recv_len = if me == 0 { len } else { 0 };
+        let (mut own, mut native) = (vec![0f64; recv_len], vec![0f64; recv_len]);
+        c.reduce_with(Reduce::Linear, 0, &fs, &mut own, SystemOp::Sum)
+            .map_err(e2s)?;
+        c.reduce_with(Reduce::Native, 0, &fs, &mut native, SystemOp::Sum)
+            .map_err(e2s)?;
+        ensure(own == native, || format!("reduce Sum of {len} f64 differs"))?;
+    }
+    Ok(())
+}
+
+fn allgather(c: &Communicator) -> Check {
+    for block in [1usize, 100, 10_000] {
+        let send = data(c.rank(), block, 7);
+        let (mut own, mut native) = (vec![0u64; block * c.size()], vec![0u64; block * c.size()]);
+        c.all_gather_with(Allgather::Bruck, &send, &mut own)
+            .map_err(e2s)?;
+        c.all_gather_with(Allgather::Native, &send, &mut native)
+            .map_err(e2s)?;
+        ensure(own == native, || {
+            format!("allgather of {block}-u64 blocks differs")
+        })?;
+    }
+    Ok(())
+}
+
+/// Inclusive and exclusive scans; rank 0's buffer of an exclusive scan must be left
+/// as it was by both.
+fn scan(c: &Communicator) -> Check {
+    for len in [1usize, 333, 20_000] {
+        let send = data(c.rank(), len, 8);
+        for op in [SystemOp::Sum, SystemOp::Max, SystemOp::BitXor] {
+            let (mut own, mut native) = (vec![0u64; len], vec![0u64; len]);
+            c.scan_with(Scan::RecursiveDoubling, &send, &mut own, op)
+                .map_err(e2s)?;
+            c.scan_with(Scan::Native, &send, &mut native, op)
+                .map_err(e2s)?;
+            ensure(own == native, || {
+                format!("scan {op:?} of {len} u64 differs")
+            })?;
+            let (mut own, mut native) = (vec![7u64; len], vec![7u64; len]);
+            c.exclusive_scan_with(Scan::Linear, &send, &mut own, op)
+                .map_err(e2s)?;
+            c.exclusive_scan_with(Scan::Native, &send, &mut native, op)
+                .map_err(e2s)?;
+            ensure(own == native, || {
+                format!("exscan {op:?} of {len} u64 differs")
+            })?;
+            ensure(c.rank() != 0 || native == vec![7u64; len], || {
+                "exscan: Native wrote rank 0's buffer".into()
+            })?;
+        }
+        let fs: Vec<f64> = send.iter().map(|&x| (x % 1000) as f64).collect();
+        let (mut own, mut native) = (vec![0f64; len], vec![0f64; len]);
+        c.scan_with(Scan::Linear, &fs, &mut own, SystemOp::Sum)
+            .map_err(e2s)?;
+        c.scan_with(Scan::Native, &fs, &mut native, SystemOp::Sum)
+            .map_err(e2s)?;
+        ensure(own == native, || format!("scan Sum of {len} f64 differs"))?;
+    }
+    Ok(())
+}
+
+/// Uneven counts (rank r has `base * (r + 1) + r` elements, one rank none) placed
+/// back to front with gaps, so displacements matter: `(counts, displs, total)`.
+fn v_layout(n: usize, base: usize) -> (Vec<usize>, Vec<usize>, usize) {
+    let counts: Vec<usize> = (0..n)
+        .map(|r| if r == 1 { 0 } else { base * (r + 1) + r })
+        .collect();
+    let mut displs = vec![0; n];
+    let mut at = 0;
+    for r in (0..n).rev() {
+        displs[r] = at;
+        at += counts[r] + 3;
+    }
+    (counts, displs, at)
+}
+
+fn gatherv_scatterv(c: &Communicator) -> Check {
+    let (n, me) = (c.size(), c.rank());
+    for base in [1usize, 2_000] {
+        let (counts, displs, total) = v_layout(n, base);
+        for root in [0, n - 1] {
+            let send = data(me, counts[me], 9);
+            let whole = if me == root { total } else { 0 };
+            let (mut own, mut native) = (vec![5u64; whole], vec![5u64; whole]);
+            c.gatherv_with(Gather::Binomial, root, &send, &mut own, &counts, &displs)
+                .map_err(e2s)?;
+            c.gatherv_with(Gather::Native, root, &send, &mut native, &counts, &displs)
+                .map_err(e2s)?;
+            ensure(own == native, || {
+                format!("gatherv (base {base}) to root {root} differs")
+            })?;
+            let src = if me == root {
+                data(root, total, 10)
+            } else {
+                Vec::new()
+            };
+            let (mut own, mut native) = (vec![0u64; counts[me]], vec![0u64; counts[me]]);
+            c.scatterv_with(Scatter::Binary, root, &src, &counts, &displs, &mut own)
+                .map_err(e2s)?;
+            c.scatterv_with(Scatter::Native, root, &src, &counts, &displs, &mut native)
+                .map_err(e2s)?;
+            ensure(own == native, || {
+                format!("scatterv (base {base}) from root {root} differs")
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn allgatherv(c: &Communicator) -> Check {
+    let me = c.rank();
+    for base in [1usize, 2_000] {
+        let (counts, displs, total) = v_layout(c.size(), base);
+        let send = data(me, counts[me], 11);
+        let (mut own, mut native) = (vec![5u64; total], vec![5u64; total]);
+        c.all_gather_v_with(Allgatherv::Ring, &send, &mut own, &counts, &displs)
+            .map_err(e2s)?;
+        c.all_gather_v_with(Allgatherv::Native, &send, &mut native, &counts, &displs)
+            .map_err(e2s)?;
+        ensure(own == native, || {
+            format!("allgatherv (base {base}) differs")
+        })?;
+    }
+    Ok(())
+}
+
+/// Alltoallv where rank i sends `base * (i + j) % 5` elements to rank j (some none),
+/// blocks stored back to front.
+fn alltoallv(c: &Communicator) -> Check {
+    let (n, me) = (c.size(), c.rank());
+    for base in [1usize, 1_000] {
+        let len = |i: usize, j: usize| base * ((i + j) % 5);
+        let place = |counts: &[usize]| {
+            let mut displs = vec![0; n];
+            let mut at = 0;
+            for r in (0..n).rev() {
+                displs[r] = at;
+                at += counts[r] + 1;
+            }
+            (displs, at)
+        };
+        let scounts: Vec<usize> = (0..n).map(|j| len(me, j)).collect();
+        let rcounts: Vec<usize> = (0..n).map(|i| len(i, me)).collect();
+        let (sdispls, stotal) = place(&scounts);
+        let (rdispls, rtotal) = place(&rcounts);
+        let send = data(me, stotal, 12);
+        let (mut own, mut native) = (vec![5u64; rtotal], vec![5u64; rtotal]);
+        for (alg, out) in [
+            (Alltoallv::Pairwise, &mut own),
+            (Alltoallv::Native, &mut native),
+        ] {
+            c.all_to_all_v_with(alg, &send, &scounts, &sdispls, out, &rcounts, &rdispls)
+                .map_err(e2s)?;
+        }
+        ensure(own == native, || format!("alltoallv (base {base}) differs"))?;
+    }
+    Ok(())
+}
+
 /// Native and dsmpi collectives interleaved with p2p on the same communicator: the
 /// collectives must not take the p2p messages, nor the other way round.
 fn interleaved_with_p2p(c: &Communicator) -> Check {
@@ -158,11 +340,17 @@ fn rank_main() -> ExitCode {
         }
     };
     let w = universe.world();
-    let checks: [NamedCheck; 5] = [
+    let checks: [NamedCheck; 11] = [
         ("bcast", bcast),
         ("allreduce", allreduce),
         ("alltoall", alltoall),
         ("gather, scatter, barrier", gather_scatter_barrier),
+        ("reduce", reduce),
+        ("allgather", allgather),
+        ("scan, exscan", scan),
+        ("gatherv, scatterv", gatherv_scatterv),
+        ("allgatherv", allgatherv),
+        ("alltoallv", alltoallv),
         ("interleaved with p2p", interleaved_with_p2p),
     ];
     // The world, then a split into two halves with reversed rank order (so that the

@@ -73,10 +73,15 @@ pub enum Alltoallv {
     Linear,
     /// One partner per step.
     Pairwise,
+    /// The backend's own collective (MPI_Alltoallv, on the `mpi` backend), for
+    /// comparisons. Never chosen by [`Alltoallv::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Alltoallv {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Alltoallv::Native`],
+    /// which needs the `mpi` backend).
     pub const ALL: [Alltoallv; 2] = [Alltoallv::Linear, Alltoallv::Pairwise];
 
     /// The decision function, by the average block size.
@@ -139,6 +144,10 @@ pub(crate) fn run_v(
         Alltoallv::Linear => linear::alltoallv(lib, send, scounts, sdispls, recv, rcounts, rdispls),
         Alltoallv::Pairwise => {
             pairwise::alltoallv(lib, send, scounts, sdispls, recv, rcounts, rdispls)
+        }
+        Alltoallv::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.alltoallv(scope, send, scounts, sdispls, recv, rcounts, rdispls)?)
         }
     }
 }

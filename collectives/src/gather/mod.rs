@@ -31,7 +31,7 @@ pub enum Gather {
     /// The backend's own collective (MPI_Gather, on the `mpi` backend), for comparisons.
     /// Never chosen by [`Gather::choose`]; fails with
     /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
-    /// Only for the equal-block form: the `v` form has no native version.
+    /// The `v` form runs MPI_Gatherv.
     Native,
 }
 
@@ -54,7 +54,7 @@ impl Gather {
             Gather::Linear => Shape::Star,
             Gather::Binomial => Shape::Binomial,
             Gather::Binary => Shape::Binary,
-            // Never used: run_v turns Native away before asking for a shape.
+            // Never used: run_v runs Native before asking for a shape.
             Gather::Native => Shape::Star,
         }
     }
@@ -102,9 +102,10 @@ pub(crate) fn run_v(
         check_len("gatherv", "send (bytes)", send.len(), counts[root])?;
     }
     match alg {
-        Gather::Native => Err(crate::Error::InvalidArgument(
-            "gatherv has no native form: Gather::Native covers gather (equal blocks) only".into(),
-        )),
+        Gather::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.gatherv(scope, root, send, recv, counts, displs)?)
+        }
         Gather::Linear => linear::gatherv(lib, root, send, recv, counts, displs),
         _ => tree_gatherv(lib, alg.shape(), root, send, recv, counts, displs),
     }

@@ -27,10 +27,16 @@ pub enum Reduce {
     Binomial,
     /// Binary tree.
     Binary,
+    /// The backend's own collective (MPI_Reduce, on the `mpi` backend), for
+    /// comparisons; only for [`SystemOp`](crate::op::SystemOp)s on `u8`…`i64`, `f32`
+    /// and `f64`. Never chosen by [`Reduce::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Reduce {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Reduce::Native`], which
+    /// needs the `mpi` backend).
     pub const ALL: [Reduce; 3] = [Reduce::Linear, Reduce::Binomial, Reduce::Binary];
 
     /// The decision function: the binomial tree spreads both the messages and the
@@ -54,6 +60,24 @@ pub(crate) fn run<T: Pod>(
         Reduce::Linear => linear::reduce(lib, root, send, op),
         Reduce::Binomial => binomial::reduce(lib, root, send, op),
         Reduce::Binary => binary::reduce(lib, root, send, op),
+        Reduce::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            let (nop, kind) = crate::native::reduction("Reduce::Native", op)?;
+            let mut out = if lib.rank() == root {
+                vec![T::zeroed(); send.len()]
+            } else {
+                Vec::new()
+            };
+            native.reduce(
+                scope,
+                root,
+                nop,
+                kind,
+                bytemuck::cast_slice(send),
+                bytemuck::cast_slice_mut(&mut out),
+            )?;
+            Ok((lib.rank() == root).then_some(out))
+        }
     }
 }
 

@@ -19,10 +19,17 @@ pub enum Scan {
     Linear,
     /// log2 p steps of exchanges with rank XOR 2^k (MPICH's algorithm).
     RecursiveDoubling,
+    /// The backend's own collective (MPI_Scan / MPI_Exscan, on the `mpi` backend), for
+    /// comparisons; only for [`SystemOp`](crate::op::SystemOp)s on `u8`…`i64`, `f32`
+    /// and `f64`. Rank 0's buffer of an exclusive scan is left as it was, as with the
+    /// other algorithms. Never chosen by [`Scan::choose`]; fails with
+    /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
+    Native,
 }
 
 impl Scan {
-    /// Every algorithm, for tests and benchmarks.
+    /// Every dsmpi algorithm, for tests and benchmarks (not [`Scan::Native`], which
+    /// needs the `mpi` backend).
     pub const ALL: [Scan; 2] = [Scan::Linear, Scan::RecursiveDoubling];
 
     /// The decision function: recursive doubling has log p depth; the chain only
@@ -50,5 +57,17 @@ pub(crate) fn run<T: Pod>(
     match alg {
         Scan::Linear => linear::scan(lib, send, recv, op, exclusive),
         Scan::RecursiveDoubling => recursive_doubling::scan(lib, send, recv, op, exclusive),
+        Scan::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            let (nop, kind) = crate::native::reduction("Scan::Native", op)?;
+            Ok(native.scan(
+                scope,
+                nop,
+                kind,
+                exclusive,
+                bytemuck::cast_slice(send),
+                bytemuck::cast_slice_mut(recv),
+            )?)
+        }
     }
 }

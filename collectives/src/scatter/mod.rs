@@ -37,7 +37,7 @@ pub enum Scatter {
     /// The backend's own collective (MPI_Scatter, on the `mpi` backend), for comparisons.
     /// Never chosen by [`Scatter::choose`]; fails with
     /// [`Error::NativeUnavailable`](crate::Error::NativeUnavailable) on other backends.
-    /// Only for the equal-block form: the `v` form has no native version.
+    /// The `v` form runs MPI_Scatterv.
     Native,
 }
 
@@ -60,7 +60,7 @@ impl Scatter {
             Scatter::Linear => Shape::Star,
             Scatter::Binomial => Shape::Binomial,
             Scatter::Binary => Shape::Binary,
-            // Never used: run_v turns Native away before asking for a shape.
+            // Never used: run_v runs Native before asking for a shape.
             Scatter::Native => Shape::Star,
         }
     }
@@ -110,10 +110,10 @@ pub(crate) fn run_v(
         check_len("scatterv", "recv (bytes)", recv.len(), counts[root])?;
     }
     match alg {
-        Scatter::Native => Err(crate::Error::InvalidArgument(
-            "scatterv has no native form: Scatter::Native covers scatter (equal blocks) only"
-                .into(),
-        )),
+        Scatter::Native => {
+            let (native, scope) = crate::native::of(lib)?;
+            Ok(native.scatterv(scope, root, send, counts, displs, recv)?)
+        }
         Scatter::Linear => linear::scatterv(lib, root, send, counts, displs, recv),
         _ => tree_scatterv(lib, alg.shape(), root, send, counts, displs, recv),
     }

@@ -1109,6 +1109,64 @@ fn scope_rank(scope: &NativeScope<'_>, me: usize, size: usize) -> Result<usize> 
         .ok_or_else(|| native_arg(format!("world rank {me} is not a member of its scope")))
 }
 
+/// Checks a native reduction's operands: `send_len` bytes (and `recv_len`, where the
+/// receive buffer is used) a whole number of `kind` elements, and `op` defined on
+/// `kind`. Returns the element count.
+fn check_reduction(
+    what: &str,
+    op: NativeOp,
+    kind: NativeKind,
+    send_len: usize,
+    recv_len: Option<usize>,
+) -> Result<c_int> {
+    if recv_len.is_some_and(|r| r != send_len) || !send_len.is_multiple_of(kind.size()) {
+        return Err(native_arg(format!(
+            "{what} of {send_len} bytes into {} bytes of {kind:?} elements",
+            recv_len.map_or_else(|| "unused".to_string(), |r| r.to_string())
+        )));
+    }
+    if kind.is_float()
+        && !matches!(
+            op,
+            NativeOp::Sum | NativeOp::Prod | NativeOp::Min | NativeOp::Max
+        )
+    {
+        return Err(native_arg(format!("{op:?} is not defined on {kind:?}")));
+    }
+    count_of(send_len / kind.size(), what)
+}
+
+/// Checks a v-collective's `counts` and `displs` (bytes) against the `n` members and
+/// a buffer of `len` bytes, and converts them to MPI's `int`s.
+fn v_layout(
+    what: &str,
+    counts: &[usize],
+    displs: &[usize],
+    n: usize,
+    len: usize,
+) -> Result<(Vec<c_int>, Vec<c_int>)> {
+    if counts.len() != n || displs.len() != n {
+        return Err(native_arg(format!(
+            "{what}: {} counts and {} displacements for {n} members",
+            counts.len(),
+            displs.len()
+        )));
+    }
+    for (r, (&c, &d)) in counts.iter().zip(displs).enumerate() {
+        if d.checked_add(c).is_none_or(|end| end > len) {
+            return Err(native_arg(format!(
+                "{what}: block {r} ({c} bytes at {d}) runs past a buffer of {len} bytes"
+            )));
+        }
+    }
+    let ints = |v: &[usize], name: &str| {
+        v.iter()
+            .map(|&x| count_of(x, name))
+            .collect::<Result<Vec<c_int>>>()
+    };
+    Ok((ints(counts, "a count")?, ints(displs, "a displacement")?))
+}
+
 fn check_root(root: usize, n: usize) -> Result<c_int> {
     if root >= n {
         return Err(Error::RankOutOfRange {
@@ -1249,22 +1307,7 @@ impl NativeCollectives for MpiTransport {
         send: &[u8],
         recv: &mut [u8],
     ) -> Result<()> {
-        if send.len() != recv.len() || send.len() / kind.size() * kind.size() != send.len() {
-            return Err(native_arg(format!(
-                "allreduce of {} bytes into {} bytes of {kind:?} elements",
-                send.len(),
-                recv.len()
-            )));
-        }
-        if kind.is_float()
-            && !matches!(
-                op,
-                NativeOp::Sum | NativeOp::Prod | NativeOp::Min | NativeOp::Max
-            )
-        {
-            return Err(native_arg(format!("{op:?} is not defined on {kind:?}")));
-        }
-        let count = count_of(send.len() / kind.size(), "an allreduce")?;
+        let count = check_reduction("allreduce", op, kind, send.len(), Some(recv.len()))?;
         let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
         let (dt, mop) = (mpi_datatype(kind), mpi_op(op));
         self.run_native(&scope, "MPI_Iallreduce", |comm, req| {
@@ -1342,6 +1385,276 @@ impl NativeCollectives for MpiTransport {
         // it (`run_rooted` checks both); elsewhere MPI does not read `send`. Both
         // stay borrowed until this call returns.
         unsafe { self.run_rooted(&scope, root, rooted, sp, rp, ffi::MPI_Iscatter) }
+    }
+
+    fn reduce(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        op: NativeOp,
+        kind: NativeKind,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let root_c = check_root(root, scope.members.len())?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let recv_len = (me == root).then_some(recv.len());
+        let count = check_reduction("reduce", op, kind, send.len(), recv_len)?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let (dt, mop) = (mpi_datatype(kind), mpi_op(op));
+        self.run_native(&scope, "MPI_Ireduce", |comm, req| {
+            // SAFETY: `sp` has `count` elements of `dt` and, at the root, so has `rp`
+            // (checked above); elsewhere MPI does not touch `rp`. Both are borrowed
+            // until run_native returns and do not overlap.
+            unsafe { ffi::MPI_Ireduce(sp.cast(), rp.cast(), count, dt, mop, root_c, comm, req) }
+        })
+    }
+
+    fn allgather(&self, scope: NativeScope<'_>, send: &[u8], recv: &mut [u8]) -> Result<()> {
+        let n = scope.members.len();
+        if recv.len() != send.len().saturating_mul(n) {
+            return Err(native_arg(format!(
+                "allgather of {} bytes into {} bytes: not {n} blocks",
+                send.len(),
+                recv.len()
+            )));
+        }
+        count_of(recv.len(), "an allgather")?;
+        let block = count_of(send.len(), "an allgather block")?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        self.run_native(&scope, "MPI_Iallgather", |comm, req| {
+            // SAFETY: `send` has `block` bytes and `recv` n blocks of it (checked
+            // above), both borrowed until run_native returns.
+            unsafe {
+                ffi::MPI_Iallgather(
+                    sp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    block,
+                    ffi::RSMPI_UINT8_T,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn scan(
+        &self,
+        scope: NativeScope<'_>,
+        op: NativeOp,
+        kind: NativeKind,
+        exclusive: bool,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let what = if exclusive { "exscan" } else { "scan" };
+        let count = check_reduction(what, op, kind, send.len(), Some(recv.len()))?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        // MPI leaves member 0's result of an exscan undefined (and may write to it);
+        // dsmpi promises to leave it as it was, so member 0 hands MPI a scratch buffer.
+        let mut scratch = Vec::new();
+        let rp = if exclusive && me == 0 {
+            scratch.resize(recv.len(), 0u8);
+            scratch.as_mut_ptr()
+        } else {
+            recv.as_mut_ptr()
+        };
+        let sp = send.as_ptr();
+        let (dt, mop) = (mpi_datatype(kind), mpi_op(op));
+        let call = if exclusive {
+            "MPI_Iexscan"
+        } else {
+            "MPI_Iscan"
+        };
+        self.run_native(&scope, call, |comm, req| {
+            // SAFETY: `sp` and `rp` have `count` elements of `dt` each (`rp` is `recv`
+            // or `scratch`, which has its length), borrowed or owned until run_native
+            // returns; they do not overlap.
+            unsafe {
+                if exclusive {
+                    ffi::MPI_Iexscan(sp.cast(), rp.cast(), count, dt, mop, comm, req)
+                } else {
+                    ffi::MPI_Iscan(sp.cast(), rp.cast(), count, dt, mop, comm, req)
+                }
+            }
+        })?;
+        drop(scratch);
+        Ok(())
+    }
+
+    fn gatherv(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        recv: &mut [u8],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let root_c = check_root(root, n)?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let scount = count_of(send.len(), "a gatherv block")?;
+        // Away from the root MPI ignores the counts, but is handed arrays of n anyway.
+        let (rcounts, rdispls) = if me == root {
+            let (c, d) = v_layout("gatherv", counts, displs, n, recv.len())?;
+            if counts[me] != send.len() {
+                return Err(native_arg(format!(
+                    "gatherv: the root sends {} bytes but counts {} for itself",
+                    send.len(),
+                    counts[me]
+                )));
+            }
+            (c, d)
+        } else {
+            (vec![0; n], vec![0; n])
+        };
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let (cp, dp) = (rcounts.as_ptr(), rdispls.as_ptr());
+        self.run_native(&scope, "MPI_Igatherv", |comm, req| {
+            // SAFETY: `send` has `scount` bytes; at the root every block r of `recv`
+            // (counts[r] bytes at displs[r]) lies inside it (v_layout). The buffers and
+            // the count arrays live until run_native returns.
+            unsafe {
+                ffi::MPI_Igatherv(
+                    sp.cast(),
+                    scount,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    cp,
+                    dp,
+                    ffi::RSMPI_UINT8_T,
+                    root_c,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn scatterv(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        counts: &[usize],
+        displs: &[usize],
+        recv: &mut [u8],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let root_c = check_root(root, n)?;
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let rcount = count_of(recv.len(), "a scatterv block")?;
+        let (scounts, sdispls) = if me == root {
+            let (c, d) = v_layout("scatterv", counts, displs, n, send.len())?;
+            if counts[me] != recv.len() {
+                return Err(native_arg(format!(
+                    "scatterv: the root receives {} bytes but counts {} for itself",
+                    recv.len(),
+                    counts[me]
+                )));
+            }
+            (c, d)
+        } else {
+            (vec![0; n], vec![0; n])
+        };
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let (cp, dp) = (scounts.as_ptr(), sdispls.as_ptr());
+        self.run_native(&scope, "MPI_Iscatterv", |comm, req| {
+            // SAFETY: `recv` has `rcount` bytes; at the root every block r of `send`
+            // lies inside it (v_layout). The buffers and the count arrays live until
+            // run_native returns.
+            unsafe {
+                ffi::MPI_Iscatterv(
+                    sp.cast(),
+                    cp,
+                    dp,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    rcount,
+                    ffi::RSMPI_UINT8_T,
+                    root_c,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn allgatherv(
+        &self,
+        scope: NativeScope<'_>,
+        send: &[u8],
+        recv: &mut [u8],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let me = scope_rank(&scope, self.rank, self.size)?;
+        let (rcounts, rdispls) = v_layout("allgatherv", counts, displs, n, recv.len())?;
+        if counts[me] != send.len() {
+            return Err(native_arg(format!(
+                "allgatherv: member {me} sends {} bytes but counts {} for itself",
+                send.len(),
+                counts[me]
+            )));
+        }
+        let scount = count_of(send.len(), "an allgatherv block")?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        let (cp, dp) = (rcounts.as_ptr(), rdispls.as_ptr());
+        self.run_native(&scope, "MPI_Iallgatherv", |comm, req| {
+            // SAFETY: `send` has `scount` bytes and every block r of `recv` lies inside
+            // it (v_layout); buffers and count arrays live until run_native returns.
+            unsafe {
+                ffi::MPI_Iallgatherv(
+                    sp.cast(),
+                    scount,
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    cp,
+                    dp,
+                    ffi::RSMPI_UINT8_T,
+                    comm,
+                    req,
+                )
+            }
+        })
+    }
+
+    fn alltoallv(
+        &self,
+        scope: NativeScope<'_>,
+        send: &[u8],
+        scounts: &[usize],
+        sdispls: &[usize],
+        recv: &mut [u8],
+        rcounts: &[usize],
+        rdispls: &[usize],
+    ) -> Result<()> {
+        let n = scope.members.len();
+        let (sc, sd) = v_layout("alltoallv (send)", scounts, sdispls, n, send.len())?;
+        let (rc, rd) = v_layout("alltoallv (recv)", rcounts, rdispls, n, recv.len())?;
+        let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
+        self.run_native(&scope, "MPI_Ialltoallv", |comm, req| {
+            // SAFETY: every block of `send` and `recv` lies inside its buffer
+            // (v_layout); buffers and count arrays live until run_native returns.
+            unsafe {
+                ffi::MPI_Ialltoallv(
+                    sp.cast(),
+                    sc.as_ptr(),
+                    sd.as_ptr(),
+                    ffi::RSMPI_UINT8_T,
+                    rp.cast(),
+                    rc.as_ptr(),
+                    rd.as_ptr(),
+                    ffi::RSMPI_UINT8_T,
+                    comm,
+                    req,
+                )
+            }
+        })
     }
 }
 

@@ -159,4 +159,87 @@ pub trait NativeCollectives: Send + Sync + std::fmt::Debug {
         send: &[u8],
         recv: &mut [u8],
     ) -> Result<()>;
+
+    /// The root's `recv` gets the element-wise reduction of all `send`s, read as
+    /// elements of `kind` (MPI_Reduce). At the root `recv` has `send.len()` bytes;
+    /// elsewhere it is ignored.
+    fn reduce(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        op: NativeOp,
+        kind: NativeKind,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()>;
+
+    /// Every member's `send` lands at block r of every member's `recv`, which holds
+    /// one `send.len()` block per member (MPI_Allgather).
+    fn allgather(&self, scope: NativeScope<'_>, send: &[u8], recv: &mut [u8]) -> Result<()>;
+
+    /// Prefix reduction (MPI_Scan, or MPI_Exscan when `exclusive`): member r's `recv`
+    /// gets the reduction of the `send`s of members 0..=r (0..r when `exclusive`).
+    /// With `exclusive`, member 0's `recv` is left as it was.
+    fn scan(
+        &self,
+        scope: NativeScope<'_>,
+        op: NativeOp,
+        kind: NativeKind,
+        exclusive: bool,
+        send: &[u8],
+        recv: &mut [u8],
+    ) -> Result<()>;
+
+    /// Member r's `send` lands at `recv[displs[r]..][..counts[r]]` of the root
+    /// (MPI_Gatherv; bytes). `recv`, `counts` and `displs` are read at the root only.
+    #[allow(clippy::too_many_arguments)]
+    fn gatherv(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        recv: &mut [u8],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()>;
+
+    /// Member r's `recv` (exactly `counts[r]` bytes) gets the root's
+    /// `send[displs[r]..][..counts[r]]` (MPI_Scatterv). `send`, `counts` and
+    /// `displs` are read at the root only.
+    #[allow(clippy::too_many_arguments)]
+    fn scatterv(
+        &self,
+        scope: NativeScope<'_>,
+        root: usize,
+        send: &[u8],
+        counts: &[usize],
+        displs: &[usize],
+        recv: &mut [u8],
+    ) -> Result<()>;
+
+    /// Member r's `send` (`counts[r]` bytes) lands at `recv[displs[r]..][..counts[r]]`
+    /// of every member (MPI_Allgatherv); every member passes the same `counts` and
+    /// `displs`.
+    fn allgatherv(
+        &self,
+        scope: NativeScope<'_>,
+        send: &[u8],
+        recv: &mut [u8],
+        counts: &[usize],
+        displs: &[usize],
+    ) -> Result<()>;
+
+    /// `send[sdispls[j]..][..scounts[j]]` of member i lands at
+    /// `recv[rdispls[i]..][..rcounts[i]]` of member j (MPI_Alltoallv; bytes).
+    #[allow(clippy::too_many_arguments)]
+    fn alltoallv(
+        &self,
+        scope: NativeScope<'_>,
+        send: &[u8],
+        scounts: &[usize],
+        sdispls: &[usize],
+        recv: &mut [u8],
+        rcounts: &[usize],
+        rdispls: &[usize],
+    ) -> Result<()>;
 }
