@@ -507,6 +507,14 @@ impl Datatype {
         }
     }
 
+    /// The byte segments `(displacement, length)` of one element, relative to the
+    /// element's start, in type-map order with adjacent ones merged (what
+    /// [`commit`](Self::commit) computed). For code that moves the selected bytes
+    /// itself, e.g. one-sided operations addressed by a datatype at a remote target.
+    pub fn segments(&self) -> Result<&[(isize, usize)]> {
+        Ok(&self.committed()?.segs)
+    }
+
     /// The committed form, or an error naming the mistake.
     fn committed(&self) -> Result<&Committed> {
         self.committed.as_ref().ok_or_else(|| {
@@ -608,6 +616,14 @@ mod tests {
         assert_eq!(t.extent(), (3 * 5 + 1) * 4);
         assert_eq!(t.signature(), vec![(Primitive::I32, 4)]);
         assert!(!t.is_contiguous(1));
+    }
+
+    #[test]
+    fn segments_of_committed_types() {
+        let v = Datatype::vector(3, 2, 4, &Datatype::of::<u32>()).unwrap();
+        assert!(v.segments().is_err());
+        let v = v.commit();
+        assert_eq!(v.segments().unwrap(), &[(0, 8), (16, 8), (32, 8)]);
     }
 
     #[test]
