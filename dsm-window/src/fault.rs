@@ -3,8 +3,10 @@
 //! thread to make a page valid.
 //!
 //! Inside the handler only async-signal-safe things happen: atomic loads and CAS on
-//! preallocated memory, `write(2)` of four bytes to a pipe, `futex(2)` to wait,
-//! `sched_yield(2)`, `sigaction(2)`. No allocation, no lock any other thread may hold.
+//! preallocated memory, `write(2)` of four bytes to a non-blocking pipe (only when the
+//! fault thread sleeps), `clock_gettime(2)` and `sched_yield(2)` while it polls for the
+//! answer, `futex(2)` to wait after that, `sigaction(2)`. No allocation, no lock any
+//! other thread may hold.
 //! For an address outside every window the handler chains to the handler that was
 //! installed before it (Rust's stack-overflow handler, usually) or, if that was the
 //! default action, restores the default and returns so that the access faults again
@@ -12,7 +14,7 @@
 
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Once;
 
 use crate::error::{Result, WinError};
@@ -23,14 +25,13 @@ pub(crate) const MAX_WINDOWS: usize = 256;
 /// (yielding) for a free slot.
 const SLOTS: usize = 64;
 
-/// Message on the pipe asking the fault thread to stop.
-pub(crate) const STOP: u32 = u32::MAX;
-
 const FREE: u32 = 0;
 const CLAIMED: u32 = 1;
 const SUBMITTED: u32 = 2;
 const DONE_OK: u32 = 3;
 const DONE_FAIL: u32 = 4;
+/// Taken by the fault thread.
+const SERVING: u32 = 5;
 
 /// What the faulting instruction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +62,27 @@ struct Slot {
 }
 
 /// One window's end of the fault channel, shared by the handler (which only reads
-/// `pipe_w` and touches `slots` atomically) and the fault thread.
+/// `pipe_w` and `poll_ns` and touches the atomics) and the fault thread.
+///
+/// The fault thread is either *polling* the slots (for [`poll_ns`](Self::poll_ns)
+/// after the last fault it served) or *asleep* in `read(2)` on the pipe, having set
+/// `sleeping` first. A faulting thread submits its slot, then writes to the pipe only
+/// if `sleeping` is set: both sides store then load with `SeqCst` (a Dekker pair), so
+/// either the handler sees `sleeping` and wakes the thread, or the thread's last scan
+/// before sleeping sees the slot.
 pub(crate) struct FaultChannel {
     pipe_w: OwnedFd,
     slots: [Slot; SLOTS],
+    sleeping: AtomicU32,
+    stop: AtomicBool,
+    /// How long both sides poll before sleeping, in ns (0: never poll).
+    poll_ns: u64,
 }
 
 impl FaultChannel {
-    /// A channel and the read end of its pipe (for the fault thread).
-    pub(crate) fn new() -> Result<(Box<FaultChannel>, OwnedFd)> {
+    /// A channel and the read end of its pipe (for the fault thread); both sides
+    /// poll for `poll` before they sleep.
+    pub(crate) fn new(poll: std::time::Duration) -> Result<(Box<FaultChannel>, OwnedFd)> {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -77,6 +90,11 @@ impl FaultChannel {
         }
         // SAFETY: both descriptors were just created and are owned by nobody else.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The handler's end never blocks: a full pipe already holds wake-ups enough.
+        // SAFETY: F_SETFL on a descriptor we own.
+        if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(WinError::last_os("making the fault pipe non-blocking"));
+        }
         let ch = Box::new(FaultChannel {
             pipe_w: w,
             slots: std::array::from_fn(|_| Slot {
@@ -84,20 +102,70 @@ impl FaultChannel {
                 addr: AtomicUsize::new(0),
                 kind: AtomicU32::new(0),
             }),
+            // Until the thread runs, a fault must wake it.
+            sleeping: AtomicU32::new(1),
+            stop: AtomicBool::new(false),
+            poll_ns: u64::try_from(poll.as_nanos()).unwrap_or(u64::MAX),
         });
         Ok((ch, r))
     }
 
-    /// Reads the fault a slot holds (fault thread side).
-    pub(crate) fn request(&self, slot: u32) -> Option<(usize, FaultKind)> {
-        let s = self.slots.get(slot as usize)?;
-        if s.state.load(Ordering::Acquire) != SUBMITTED {
-            return None;
+    /// How long the fault thread polls after serving a fault.
+    pub(crate) fn poll_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.poll_ns)
+    }
+
+    /// Takes the next submitted fault (fault thread side): its slot, address and kind.
+    pub(crate) fn take(&self) -> Option<(u32, usize, FaultKind)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            s.state
+                .compare_exchange(SUBMITTED, SERVING, Ordering::SeqCst, Ordering::Relaxed)
+                .ok()?;
+            Some((
+                i as u32,
+                s.addr.load(Ordering::Relaxed),
+                FaultKind::from_u32(s.kind.load(Ordering::Relaxed)),
+            ))
+        })
+    }
+
+    /// Whether the fault thread was asked to stop.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Fault thread side: announces that it goes to sleep, then looks once more.
+    /// Returns true if it may sleep (nothing submitted, no stop).
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(1, Ordering::SeqCst);
+        let idle = !self.stopping()
+            && self
+                .slots
+                .iter()
+                .all(|s| s.state.load(Ordering::SeqCst) != SUBMITTED);
+        if !idle {
+            self.sleeping.store(0, Ordering::SeqCst);
         }
-        Some((
-            s.addr.load(Ordering::Relaxed),
-            FaultKind::from_u32(s.kind.load(Ordering::Relaxed)),
-        ))
+        idle
+    }
+
+    /// Fault thread side: sleeps until the pipe has something (wake-ups are not
+    /// counted: the thread rescans every slot). False at EOF or on an error.
+    pub(crate) fn sleep(&self, pipe: &OwnedFd) -> bool {
+        let mut b = [0u8; 256];
+        let ok = loop {
+            // SAFETY: the destination range lies inside `b`.
+            let n = unsafe { libc::read(pipe.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
+            if n > 0 {
+                break true;
+            }
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break false;
+        };
+        self.sleeping.store(0, Ordering::SeqCst);
+        ok
     }
 
     /// Tells the faulting thread its page is served (or not) and wakes it.
@@ -111,7 +179,8 @@ impl FaultChannel {
 
     /// Asks the fault thread to stop.
     pub(crate) fn stop(&self) -> Result<()> {
-        if write_all(self.pipe_w.as_raw_fd(), &STOP.to_ne_bytes()) {
+        self.stop.store(true, Ordering::SeqCst);
+        if write_all(self.pipe_w.as_raw_fd(), &u32::MAX.to_ne_bytes()) {
             Ok(())
         } else {
             Err(WinError::last_os("stopping the fault thread"))
@@ -137,13 +206,29 @@ impl FaultChannel {
         let s = &self.slots[idx];
         s.addr.store(addr, Ordering::Relaxed);
         s.kind.store(kind.to_u32(), Ordering::Relaxed);
-        s.state.store(SUBMITTED, Ordering::Release);
-        if !write_all(self.pipe_w.as_raw_fd(), &(idx as u32).to_ne_bytes()) {
-            s.state.store(FREE, Ordering::Release);
-            return false;
+        s.state.store(SUBMITTED, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) != 0
+            && !write_all(self.pipe_w.as_raw_fd(), &(idx as u32).to_ne_bytes())
+        {
+            // Not served, unless the thread woke anyway and took it: then wait.
+            if s.state
+                .compare_exchange(SUBMITTED, FREE, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                return false;
+            }
         }
-        // No spinning before sleeping: measured slower on a loaded 2-core machine
-        // (PAUSE is slow, and the spinner takes the core the service threads need).
+        // Poll for the answer first, yielding the core between looks (the threads that
+        // serve the fault may need it), then sleep on the futex.
+        if self.poll_ns > 0 {
+            let start = now_ns();
+            while matches!(s.state.load(Ordering::Acquire), SUBMITTED | SERVING)
+                && now_ns().wrapping_sub(start) < self.poll_ns
+            {
+                // SAFETY: sched_yield is async-signal-safe and has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
         let ok = loop {
             match s.state.load(Ordering::Acquire) {
                 DONE_OK => break true,
@@ -156,7 +241,8 @@ impl FaultChannel {
     }
 }
 
-/// `write(2)` of a whole (tiny) buffer, retried on EINTR. Async-signal-safe.
+/// `write(2)` of a whole (tiny) buffer, retried on EINTR. Async-signal-safe. A full
+/// non-blocking pipe (EAGAIN) counts as written: it holds wake-ups already.
 fn write_all(fd: libc::c_int, buf: &[u8]) -> bool {
     loop {
         // SAFETY: `buf` is valid for `buf.len()` bytes; writes of ≤ PIPE_BUF bytes to a
@@ -166,37 +252,25 @@ fn write_all(fd: libc::c_int, buf: &[u8]) -> bool {
             return true;
         }
         // SAFETY: reading errno of this thread.
-        if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+        let e = unsafe { *libc::__errno_location() };
+        if n < 0 && e == libc::EINTR {
             continue;
         }
-        return false;
+        return n < 0 && e == libc::EAGAIN;
     }
 }
 
-/// Reads one 4-byte message from the fault pipe (fault thread side); `None` at EOF or
-/// error.
-pub(crate) fn read_msg(fd: &OwnedFd) -> Option<u32> {
-    let mut b = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        // SAFETY: the destination range lies inside `b`.
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                b[got..].as_mut_ptr() as *mut libc::c_void,
-                4 - got,
-            )
-        };
-        if n > 0 {
-            got += n as usize;
-        } else if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-        {
-            continue;
-        } else {
-            return None;
-        }
-    }
-    Some(u32::from_ne_bytes(b))
+/// CLOCK_MONOTONIC in ns. Async-signal-safe (`clock_gettime` is on POSIX's list).
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32) {

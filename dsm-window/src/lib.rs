@@ -7,7 +7,12 @@
 //!   BXOR, REPLACE, NO_OP), [`get_accumulate`](Window::get_accumulate),
 //!   [`fetch_and_op`](Window::fetch_and_op), [`compare_and_swap`](Window::compare_and_swap),
 //!   addressed by *(target rank, displacement in elements of `T`)* — byte displacement
-//!   is `disp * size_of::<T>()` from the start of the target's region;
+//!   is `disp * size_of::<T>()` from the start of the target's region — and their
+//!   derived-datatype forms ([`put_typed`](Window::put_typed),
+//!   [`get_typed`](Window::get_typed), [`accumulate_typed`](Window::accumulate_typed),
+//!   [`get_accumulate_typed`](Window::get_accumulate_typed)), where a [`Typed`]
+//!   (`count` elements of a committed [`Datatype`]) says where the data lies in the
+//!   origin buffer and in the target region (see *Derived datatypes* below);
 //! - **load/store** through a typed [`View`] of the whole segment, whose pages are
 //!   guarded with `mprotect` and fetched on a SIGSEGV, kept coherent by home-based lazy
 //!   release consistency;
@@ -75,6 +80,44 @@
 //! displacements or lengths, overflowing displacements and bitwise ops on floats are
 //! refused at the origin with a [`WinError`] (and checked again at the target).
 //!
+//! # Derived datatypes
+//!
+//! The `_typed` calls take MPI's origin and target datatypes: dsmpi's derived
+//! [`Datatype`]s (`vector`, `indexed`, `subarray`, `struct`, `resized`, ...). The two
+//! type signatures must match (same sequence of primitives; accumulate-family
+//! datatypes must consist of `T` alone, as MPI requires). The origin is packed with
+//! the datatype's own packing code; the target side is flattened into byte segments
+//! of the region (`disp · size_of::<T>()`, one extent per element, each segment of the
+//! committed type map at its displacement, adjacent ones merged), every segment
+//! checked against the region at the origin, split at owner boundaries, and each
+//! owner gets **one** message listing its segments and their bytes (`PutV`, `GetV`,
+//! `AccV`, `GetAccV`): a strided column is one request, not one per element. The
+//! target checks every segment before touching any, and executes the whole list under
+//! its service lock, so typed accumulates are element-wise atomic like the others.
+//!
+//! ```
+//! use dsmpi_window::{Datatype, Op, Typed, Window};
+//!
+//! dsmpi_runtime::run_local(2, |world| {
+//!     let win = Window::allocate(&world, 8 * 4 * 4).unwrap(); // a 4×4 u64 matrix
+//!     let col = Datatype::vector(4, 1, 4, &Datatype::of::<u64>()).unwrap().commit();
+//!     let flat = Datatype::of::<u64>().commit();
+//!     win.fence().unwrap();
+//!     // Each rank writes column `rank` of rank 0's matrix, then adds 1 to column 3.
+//!     let me = world.rank() as u64;
+//!     win.put_typed(&[me; 4], Typed::new(&flat, 4), 0, world.rank(), Typed::new(&col, 1))
+//!         .unwrap();
+//!     win.accumulate_typed(&[1u64; 4], Typed::new(&flat, 4), 0, 3, Typed::new(&col, 1), Op::Sum)
+//!         .unwrap();
+//!     win.fence().unwrap();
+//!     let mut m = [0u64; 16];
+//!     win.get(&mut m, 0, 0).unwrap();
+//!     assert_eq!(&m[..4], &[0, 1, 0, 2]);
+//!     win.free().unwrap();
+//! })
+//! .unwrap();
+//! ```
+//!
 //! # Load/store: home-based lazy release consistency
 //!
 //! Document 000 migrates a page to whoever touches it (single writer), document 001
@@ -112,7 +155,12 @@
 //!   ownership checks of the service thread — goes through one function,
 //!   `owner_of(page)`; [`Window::owner_of`] exposes it, [`Window::home_of`] still
 //!   names the home. While no page has moved every route is the home (one branch).
-//! - **Policy.** Each rank remembers the pages it sent diffs of since the last fence.
+//! - **Policy.** Each rank remembers the pages it wrote since the last fence: the
+//!   pages it sent diffs of, and the pages its RMA writes touched (`put`,
+//!   `accumulate`, `get_accumulate` and `fetch_and_op` other than `NO_OP`,
+//!   `compare_and_swap`, and their typed forms) — so a page one rank keeps updating
+//!   with RMA moves to it like one it keeps storing into, and its later operations on
+//!   the page execute locally, without a message.
 //!   The fence's barrier is an all-gather of these lists (the same dissemination
 //!   pattern and message count as the plain barrier, a few bytes more), and every
 //!   rank applies the same rule to the same lists, so all decide the same moves
@@ -138,8 +186,9 @@
 //! - **Limits.** An owner's own stores are not observed (its page never faults), so
 //!   the rule sees only the *other* writers: a page written every epoch by its owner
 //!   and one other rank moves to the other one after two epochs, and back after two
-//!   more — values stay correct, but each move costs a page transfer. RMA operations
-//!   do not count as writes (they already execute at the owner).
+//!   more — values stay correct, but each move costs a page transfer. An owner's RMA
+//!   on its own pages *is* observed (it counts as a writer, so a page that the owner
+//!   and one other rank update with RMA stays put).
 //!
 //! # The fault path
 //!
@@ -237,16 +286,18 @@
 mod element;
 mod error;
 mod fault;
+mod poll;
 mod proto;
 mod segment;
 mod shared;
 mod window;
 
+pub use dsmpi_collectives::datatype::Datatype;
 pub use element::{ElemKind, Element, Op};
 pub use error::{Result, WinError};
-pub use window::{Layout, LockType, RangeGuard, View, Window, WindowStats};
+pub use window::{Layout, LockType, RangeGuard, Typed, View, Window, WindowStats};
 
 /// What a program using windows usually needs.
 pub mod prelude {
-    pub use crate::{Element, LockType, Op, WinError, Window};
+    pub use crate::{Datatype, Element, LockType, Op, Typed, WinError, Window};
 }

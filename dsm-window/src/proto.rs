@@ -72,6 +72,15 @@ pub(crate) enum Kind {
     /// Several fire-and-forget requests in one message: each is a little-endian u64
     /// length then a whole request (header and payload).
     Batch,
+    /// Vectored put (derived datatypes): payload = piece list (see
+    /// [`decode_list`]) then the pieces' bytes in list order; `len` = their total.
+    PutV,
+    /// Vectored get: payload = piece list; the reply is the pieces' bytes in order.
+    GetV,
+    /// Vectored accumulate (code as [`Kind::Acc`]): piece list then data.
+    AccV,
+    /// Vectored get-accumulate: piece list then data; replies the old bytes.
+    GetAccV,
 }
 
 impl Kind {
@@ -92,6 +101,10 @@ impl Kind {
             GetPage,
             Stop,
             Batch,
+            PutV,
+            GetV,
+            AccV,
+            GetAccV,
         ]
         .get((v as usize).wrapping_sub(1))
         .copied()
@@ -202,4 +215,30 @@ pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     let mut a = [0u8; 8];
     a.copy_from_slice(s);
     Some(u64::from_le_bytes(a))
+}
+
+/// (region offset, length) pairs of a vectored request.
+pub(crate) type PieceList = Vec<(usize, usize)>;
+
+/// Splits a vectored request's payload into its piece list — a little-endian u64
+/// count, then that many (region offset, length) u64 pairs — and the data after it.
+pub(crate) fn decode_list(b: &[u8]) -> Result<(PieceList, &[u8])> {
+    let bad = || WinError::Protocol("malformed piece list".into());
+    let n = usize::try_from(u64_at(b, 0).ok_or_else(bad)?).map_err(|_| bad())?;
+    let end = n
+        .checked_mul(16)
+        .and_then(|x| x.checked_add(8))
+        .filter(|&e| e <= b.len())
+        .ok_or_else(bad)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = 8 + 16 * i;
+        let o = u64_at(b, at).ok_or_else(bad)?;
+        let l = u64_at(b, at + 8).ok_or_else(bad)?;
+        out.push((
+            usize::try_from(o).map_err(|_| bad())?,
+            usize::try_from(l).map_err(|_| bad())?,
+        ));
+    }
+    Ok((out, &b[end..]))
 }

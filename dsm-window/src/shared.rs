@@ -4,14 +4,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use dsmpi_runtime::{Communicator, ANY_SOURCE};
 
 use crate::element::{apply, kind_size, ElemKind, Op};
 use crate::error::{Result, WinError};
-use crate::fault::{self, FaultChannel, FaultKind};
+use crate::fault::{FaultChannel, FaultKind};
 use crate::proto::{self, Header, Kind, BATCH_MAX, HDR, TAG_MIGRATE, TAG_REPLY0, TAG_REQ};
 use crate::segment::{Prot, Segment};
 use crate::Layout;
@@ -169,6 +171,9 @@ pub(crate) struct Shared {
     /// Lock queues; held while a request executes (by the service thread, or by a
     /// thread of this rank executing a request to itself).
     svc: Mutex<ServiceState>,
+    /// Whether some origin holds a passive-target or byte-range lock served here
+    /// (the service thread polls longer while one is held).
+    locks_held: AtomicBool,
     /// Replies to this rank's own requests, by reply tag (they never touch the wire).
     mailbox: Mutex<HashMap<i32, Vec<u8>>>,
     mail: Condvar,
@@ -180,7 +185,7 @@ pub(crate) struct Shared {
     owners: Vec<AtomicUsize>,
     /// Pages whose owner is not their home (0: every route is the home, the fast path).
     moved: AtomicUsize,
-    /// Pages this rank sent diffs of since the last fence.
+    /// Pages this rank wrote since the last fence: diffs sent, and RMA writes.
     epoch_diffs: Mutex<BTreeSet<usize>>,
     /// Per page: the rank that alone wrote it in the last epochs that wrote it, and in
     /// how many consecutive such epochs (identical on every rank: computed from the
@@ -254,6 +259,7 @@ impl Shared {
             counters: Counters::default(),
             service_error: Mutex::new(None),
             svc: Mutex::new(ServiceState::default()),
+            locks_held: AtomicBool::new(false),
             mailbox: Mutex::new(HashMap::new()),
             mail: Condvar::new(),
         }
@@ -417,7 +423,24 @@ impl Shared {
         v
     }
 
-    /// The pages this rank sent diffs of since the last fence (and forgets them).
+    /// Records that this rank wrote the byte `segments` `(offset, length)` of
+    /// `region`'s region with RMA (put, accumulate, ...): they count as writes for the
+    /// migration policy, as diffs of stores do.
+    pub(crate) fn note_writes(&self, region: usize, segments: &[(usize, usize)]) {
+        let g = &self.geo;
+        let mut d = self.epoch_diffs.lock().unwrap_or_else(|p| p.into_inner());
+        for &(off, len) in segments.iter().filter(|s| s.1 > 0) {
+            let _ = g.pieces(region, off, len, |so, r| {
+                for p in so / g.page..=(so + r.len() - 1) / g.page {
+                    d.insert(p);
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// The pages this rank wrote (diffs sent, RMA writes) since the last fence (and
+    /// forgets them).
     pub(crate) fn take_epoch_diffs(&self) -> Vec<usize> {
         let mut d = self.epoch_diffs.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut *d).into_iter().collect()
@@ -654,32 +677,69 @@ impl Shared {
 
     /// The fault thread: serves the faults the handler posts on `chan`, one at a
     /// time (so that several threads faulting on one page cause one fetch: the later
-    /// ones find the page valid).
+    /// ones find the page valid). Polls the slots for the channel's poll time after
+    /// the last fault it served, then sleeps on the pipe (see [`crate::poll`]).
     pub(crate) fn fault_loop(self: Arc<Self>, chan: Arc<FaultChannel>, pipe: OwnedFd) {
-        while let Some(slot) = fault::read_msg(&pipe) {
-            if slot == fault::STOP {
+        let poll = chan.poll_time();
+        let mut last = Instant::now();
+        loop {
+            if chan.stopping() {
                 break;
             }
-            let Some((addr, kind)) = chan.request(slot) else {
+            if let Some((slot, addr, kind)) = chan.take() {
+                let r = self.resolve(addr, kind);
+                if let Err(e) = &r {
+                    eprintln!(
+                        "dsmpi-window: rank {}: page fault at {addr:#x}: {e}",
+                        self.geo.me
+                    );
+                }
+                chan.complete(slot, r.is_ok());
+                last = Instant::now();
                 continue;
-            };
-            let r = self.resolve(addr, kind);
-            if let Err(e) = &r {
-                eprintln!(
-                    "dsmpi-window: rank {}: page fault at {addr:#x}: {e}",
-                    self.geo.me
-                );
             }
-            chan.complete(slot, r.is_ok());
+            if last.elapsed() < poll {
+                crate::poll::relax();
+                continue;
+            }
+            if chan.prepare_sleep() {
+                if !chan.sleep(&pipe) {
+                    break;
+                }
+                last = Instant::now();
+            }
         }
     }
 
     // ----- the service thread -----------------------------------------------------------
 
     /// The service thread: serves requests from every rank until told to stop.
+    /// Polls (`iprobe`) while the window is busy, sleeps in a blocking receive when
+    /// it is not (see [`crate::poll`]).
     pub(crate) fn service_loop(self: Arc<Self>) {
+        let poll = crate::poll::poll_window();
+        let lock_poll = poll * crate::poll::LOCK_FACTOR;
+        // Cold at start: the first request wakes the thread.
+        let mut last: Option<Instant> = None;
         loop {
-            let (msg, st) = match self.comm.recv_vec::<u8>(ANY_SOURCE, TAG_REQ) {
+            let hot = last.is_some_and(|t| {
+                let idle = t.elapsed();
+                idle < poll || (idle < lock_poll && self.locks_held.load(Ordering::Relaxed))
+            });
+            let got = if hot {
+                match self.comm.iprobe(ANY_SOURCE, TAG_REQ) {
+                    // The first message of that source on the tag is the one probed.
+                    Ok(Some(st)) => self.comm.recv_vec::<u8>(st.source(), TAG_REQ),
+                    Ok(None) => {
+                        crate::poll::relax();
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                self.comm.recv_vec::<u8>(ANY_SOURCE, TAG_REQ)
+            };
+            let (msg, st) = match got {
                 Ok(x) => x,
                 Err(e) => {
                     let e = WinError::from(e);
@@ -695,6 +755,9 @@ impl Shared {
             let src = st.source();
             if self.dispatch(src, &msg) {
                 return;
+            }
+            if !poll.is_zero() {
+                last = Some(Instant::now());
             }
         }
     }
@@ -869,7 +932,17 @@ impl Service<'_> {
     }
 
     fn serve(&mut self, src: usize, h: Header, payload: &[u8]) {
-        match self.execute(src, h, payload) {
+        let r = self.execute(src, h, payload);
+        if matches!(
+            h.kind,
+            Kind::Lock | Kind::Unlock | Kind::RangeLock | Kind::RangeUnlock
+        ) {
+            let l = &self.st.lock;
+            let held =
+                l.exclusive.is_some() || !l.shared.is_empty() || !self.st.ranges.held.is_empty();
+            self.sh.locks_held.store(held, Ordering::Relaxed);
+        }
+        match r {
             Ok(Some(data)) => self.reply(src, h.reply, &proto::ok_reply(&data)),
             Ok(None) => {}
             Err(e) => {
@@ -1063,7 +1136,72 @@ impl Service<'_> {
             Kind::Stop => Err(WinError::Protocol(format!(
                 "stop request from another rank ({src})"
             ))),
+            Kind::PutV | Kind::GetV | Kind::AccV | Kind::GetAccV => {
+                self.execute_vectored(h, region, payload).map(Some)
+            }
         }
+    }
+
+    /// A vectored request (derived datatypes): every piece is checked before any is
+    /// touched, then the pieces execute in order, all under the service lock (so an
+    /// accumulate stays element-wise atomic).
+    fn execute_vectored(&mut self, h: Header, region: usize, payload: &[u8]) -> Result<Vec<u8>> {
+        let (pieces, data) = proto::decode_list(payload)?;
+        let mut total = 0usize;
+        for &(o, l) in &pieces {
+            self.check_owned(region, o, l)?;
+            total = total
+                .checked_add(l)
+                .ok_or_else(|| WinError::Protocol("piece lengths overflow".into()))?;
+        }
+        let want = if h.kind == Kind::GetV { 0 } else { total };
+        if data.len() != want {
+            return Err(WinError::Protocol(format!(
+                "{:?} of {total} bytes carries {} bytes of data",
+                h.kind,
+                data.len()
+            )));
+        }
+        let mut out = Vec::new();
+        match h.kind {
+            Kind::PutV => {
+                let mut at = 0;
+                for &(o, l) in &pieces {
+                    self.write_region(region, o, &data[at..at + l])?;
+                    at += l;
+                }
+            }
+            Kind::GetV => {
+                out.reserve(total);
+                for &(o, l) in &pieces {
+                    out.extend_from_slice(&self.read_region(region, o, l)?);
+                }
+            }
+            _ => {
+                let (op, kind) = Self::elem(h.code)?;
+                let ks = kind_size(kind);
+                if let Some(&(o, _)) = pieces.iter().find(|p| p.0 % ks != 0 || p.1 % ks != 0) {
+                    return Err(WinError::Misaligned {
+                        offset: o,
+                        align: ks,
+                    });
+                }
+                let mut at = 0;
+                for &(o, l) in &pieces {
+                    let old = self.read_region(region, o, l)?;
+                    let mut new = old.clone();
+                    apply(kind, op, &mut new, &data[at..at + l])?;
+                    if op != Op::NoOp {
+                        self.write_region(region, o, &new)?;
+                    }
+                    if h.kind == Kind::GetAccV {
+                        out.extend_from_slice(&old);
+                    }
+                    at += l;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn apply_diff(&self, mut b: &[u8]) -> Result<()> {

@@ -15,6 +15,9 @@ use crate::proto::{self, Header, Kind, TAG_BARRIER, TAG_COMPLETE, TAG_POST, TAG_
 use crate::segment::{page_size, Prot, Segment};
 use crate::shared::{Geometry, Shared, INVALID, OWNED};
 
+mod typed;
+pub use typed::Typed;
+
 /// How the ranks' regions are laid out in the shared segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Layout {
@@ -238,7 +241,7 @@ impl Window {
 
     /// Starts the fault thread and registers the application view with the handler.
     fn start_fault_path(&mut self, app: usize, app_len: usize) -> Result<()> {
-        let (chan, pipe) = FaultChannel::new()?;
+        let (chan, pipe) = FaultChannel::new(crate::poll::poll_window())?;
         let chan: Arc<FaultChannel> = Arc::from(chan);
         let (sh, c) = (self.sh.clone(), chan.clone());
         let me = self.rank();
@@ -367,6 +370,7 @@ impl Window {
             self.sh.send(owner, h, &bytes[o - off..o - off + l])?;
             self.mark_pending(owner);
         }
+        self.sh.note_writes(target, &[(off, len)]);
         Ok(())
     }
 
@@ -417,6 +421,9 @@ impl Window {
             self.sh.send(owner, h, &bytes[o - off..o - off + l])?;
             self.mark_pending(owner);
         }
+        if op != Op::NoOp {
+            self.sh.note_writes(target, &[(off, len)]);
+        }
         Ok(())
     }
 
@@ -457,6 +464,9 @@ impl Window {
                 return Err(WinError::Protocol("get_accumulate reply length".into()));
             }
             out[at..at + l].copy_from_slice(data);
+        }
+        if op != Op::NoOp {
+            self.sh.note_writes(target, &[(off, len)]);
         }
         Ok(())
     }
@@ -499,6 +509,7 @@ impl Window {
         let mut h = Header::new(Kind::Cas, off, len);
         h.extra = target as u64;
         let v = self.sh.call(owner, h, &payload)?;
+        self.sh.note_writes(target, &[(off, len)]);
         let data = proto::parse_reply(owner, &v)?;
         if data.len() != len {
             return Err(WinError::Protocol("compare_and_swap reply length".into()));

@@ -192,3 +192,69 @@ fn ownership_moves_on_and_back() {
         .unwrap();
     }
 }
+
+#[test]
+fn a_page_updated_by_rma_alone_migrates_to_its_origin() {
+    // RMA writes count for the policy as stores do: rank n-1 alone accumulates into
+    // rank 0's first page (and puts into it with a datatype) every epoch, so the page
+    // moves to it; rank 0's second page is accumulated by two ranks and stays home.
+    // Other ranks only read the first page (atomic NO_OP reads), which is neutral.
+    for n in 2..=5 {
+        run_local(n, |world| {
+            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let (me, n) = (world.rank(), world.size());
+            let w = n - 1;
+            let strided =
+                dsmpi_window::Datatype::vector(4, 1, 2, &dsmpi_window::Datatype::of::<u64>())
+                    .unwrap()
+                    .commit();
+            let four = dsmpi_window::Datatype::contiguous(4, &dsmpi_window::Datatype::of::<u64>())
+                .commit();
+            win.fence().unwrap();
+            for epoch in 0..5u64 {
+                if me == w {
+                    win.accumulate(&[1u64; 8], 0, 0, Op::Sum).unwrap();
+                    let vals: Vec<u64> = (0..4).map(|i| epoch * 10 + i).collect();
+                    win.put_typed(
+                        &vals,
+                        dsmpi_window::Typed::new(&four, 1),
+                        0,
+                        16,
+                        dsmpi_window::Typed::new(&strided, 1),
+                    )
+                    .unwrap();
+                } else {
+                    win.fetch_and_op(0u64, 0, 3, Op::NoOp).unwrap();
+                }
+                if n > 2 && (me == 0 || me == 1) {
+                    win.accumulate(&[1u64], 0, WORDS, Op::Sum).unwrap();
+                }
+                win.fence().unwrap();
+                let owner = win.owner_of(0).unwrap();
+                assert_eq!(owner, if epoch >= 1 { w } else { 0 }, "epoch {epoch}");
+                let want_moves = if epoch >= 1 { 1 } else { 0 };
+                assert_eq!(win.stats().migrations, want_moves, "epoch {epoch}");
+                assert_eq!(win.owner_of(PAGE).unwrap(), 0, "the shared page stays");
+                // Everyone sees exact values, wherever the page lives.
+                let mut c = [0u64; 8];
+                win.get(&mut c, 0, 0).unwrap();
+                assert_eq!(c, [epoch + 1; 8], "epoch {epoch}: counters");
+                let mut s = [0u64; 8];
+                win.get(&mut s, 0, 16).unwrap();
+                let want: Vec<u64> = (0..8)
+                    .map(|i| if i % 2 == 0 { epoch * 10 + i / 2 } else { 0 })
+                    .collect();
+                assert_eq!(s.to_vec(), want, "epoch {epoch}: strided put");
+                let v = win.view::<u64>().unwrap();
+                assert_eq!(v.load(v.index_of(0, 0).unwrap()).unwrap(), epoch + 1);
+                let mut shared = [0u64];
+                win.get(&mut shared, 0, WORDS).unwrap();
+                let per = if n > 2 { 2 } else { 0 };
+                assert_eq!(shared[0], per * (epoch + 1), "epoch {epoch}: shared page");
+                win.fence().unwrap();
+            }
+            win.free().unwrap();
+        })
+        .unwrap();
+    }
+}
