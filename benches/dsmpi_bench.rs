@@ -31,8 +31,17 @@
 //! because every fault needs its own invalidation, with its p99 shown as well. MPI's
 //! own MPI_Get/MPI_Put are not measured.
 //!
+//! Per algorithm (ops `bcast-algs` and `allreduce-algs`): the broadcast and the
+//! allreduce once with the decision function's choice (`decision`) and once forced to
+//! each of dsmpi's algorithms (`Bcast::ALL`, `Allreduce::ALL`), plus `Native` when the
+//! backend has native collectives (the `mpi` one), all measured back to back at each
+//! size so that drift hits every column alike. They print after the other tables, one
+//! table per implementation with one column per algorithm, the algorithm the decision
+//! function picks, and the ratio of the decision's median to the fastest algorithm's.
+//!
 //! `--compare --plot DIR` also draws one SVG per operation (latency or bandwidth
-//! against size, log-log, one line per column) into DIR.
+//! against size, log-log, one line per column) into DIR, and one per implementation
+//! for the per-algorithm tables (`<op>-algs-<implementation>.svg`).
 //!
 //! Why an example of the `dsmpi` package: it needs the facade (collectives) and, with
 //! the `mpi` feature, the raw MPI bindings for the `mpi-native` figures; `cargo build
@@ -56,6 +65,12 @@ const SIZES: [usize; 7] = [8, 64, 512, 4096, 32768, 262_144, 1_048_576];
 
 /// Width of a table column: room for a page fault's cell, which adds its p99.
 const COL: usize = 40;
+
+/// Width of a column of the per-algorithm tables (their cells have no p99).
+const ALG_COL: usize = 28;
+
+/// The operations measured per algorithm, each under its `--ops` name.
+const ALG_OPS: [(&str, &str); 2] = [("bcast", "bcast-algs"), ("allreduce", "allreduce-algs")];
 
 /// Sends in flight in the bandwidth test.
 const WINDOW: usize = 64;
@@ -406,6 +421,57 @@ fn bench_native_choice(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
     Ok(())
 }
 
+/// The broadcast and the allreduce per algorithm (see the module docs): op
+/// `<op>:decision` for the decision function, `<op>:<Algorithm>` for each forced one,
+/// including `Native` where the backend has it. Same buffers and roots as the
+/// decision-function figures of [`bench_dsmpi`].
+fn bench_algorithms(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
+    let imp = format!("dsmpi-{}", w.transport().name());
+    let native = w.transport().native().is_some();
+    for size in SIZES.into_iter().filter(|&s| s <= o.max_size) {
+        if o.wants("bcast-algs") {
+            let mut buf = vec![0u8; size];
+            let mut algs: Vec<Option<Bcast>> = vec![None];
+            algs.extend(Bcast::ALL.map(Some));
+            if native {
+                algs.push(Some(Bcast::Native));
+            }
+            for alg in algs {
+                let s = timed(w, o, size, || {
+                    match alg {
+                        Some(a) => w.broadcast_with(a, 0, &mut buf)?,
+                        None => w.broadcast_into(0, &mut buf)?,
+                    }
+                    Ok(())
+                })?;
+                let name = alg.map_or_else(|| "decision".to_string(), |a| format!("{a:?}"));
+                record(t, &imp, &format!("bcast:{name}"), size, s, o.emit);
+            }
+        }
+        if o.wants("allreduce-algs") {
+            let send = vec![1f64; size.div_ceil(8)];
+            let mut recv = vec![0f64; send.len()];
+            let mut algs: Vec<Option<Allreduce>> = vec![None];
+            algs.extend(Allreduce::ALL.map(Some));
+            if native {
+                algs.push(Some(Allreduce::Native));
+            }
+            for alg in algs {
+                let s = timed(w, o, size, || {
+                    match alg {
+                        Some(a) => w.all_reduce_with(a, &send, &mut recv, SystemOp::Sum)?,
+                        None => w.all_reduce_into(&send, &mut recv, SystemOp::Sum)?,
+                    }
+                    Ok(())
+                })?;
+                let name = alg.map_or_else(|| "decision".to_string(), |a| format!("{a:?}"));
+                record(t, &imp, &format!("allreduce:{name}"), size, s, o.emit);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The same measurements with MPI's own calls on MPI_COMM_WORLD (`mpi-native`).
 #[cfg(feature = "mpi")]
 mod native {
@@ -713,6 +779,93 @@ fn print_table(t: &Table, header: &str) {
     }
 }
 
+/// One implementation's per-algorithm columns: (algorithm, size → stats).
+type AlgColumns<'a> = Vec<(&'a str, &'a BTreeMap<usize, Stats>)>;
+
+/// The per-algorithm columns of `t` for `op` (`bcast`, `allreduce`): implementation
+/// → column (`decision`, then algorithms in measurement order) → size → stats.
+fn alg_columns<'a>(t: &'a Table, op: &str) -> BTreeMap<&'a str, AlgColumns<'a>> {
+    let mut by_imp: BTreeMap<&str, AlgColumns> = BTreeMap::new();
+    for ((imp, o), by) in t {
+        if let Some(alg) = o.strip_prefix(op).and_then(|r| r.strip_prefix(':')) {
+            by_imp.entry(imp.as_str()).or_default().push((alg, by));
+        }
+    }
+    // The decision first, dsmpi's algorithms in their enum's order, Native last.
+    let rank = |alg: &str| -> usize {
+        let names: Vec<String> = match op {
+            "bcast" => Bcast::ALL.iter().map(|a| format!("{a:?}")).collect(),
+            _ => Allreduce::ALL.iter().map(|a| format!("{a:?}")).collect(),
+        };
+        match alg {
+            "decision" => 0,
+            "Native" => usize::MAX,
+            other => names
+                .iter()
+                .position(|n| n == other)
+                .map_or(usize::MAX - 1, |i| i + 1),
+        }
+    };
+    for cols in by_imp.values_mut() {
+        cols.sort_by_key(|&(alg, _)| rank(alg));
+    }
+    by_imp
+}
+
+/// The algorithm the decision function picks for `op` at `size` bytes on `n` ranks.
+fn decided(op: &str, size: usize, n: usize) -> String {
+    match op {
+        "bcast" => format!("{:?}", Bcast::choose(size, n)),
+        _ => format!("{:?}", Allreduce::choose(size, n)),
+    }
+}
+
+/// One OSU-style table per implementation and operation measured per algorithm: a
+/// column per algorithm, the decision function's pick, and how far its median is
+/// from the fastest column's (`decision / fastest`, 1.00 when it picked the best).
+fn print_algorithms(t: &Table, n: usize, header: &str) {
+    for (op, _) in ALG_OPS {
+        for (imp, cols) in alg_columns(t, op) {
+            println!("\n# {op} per algorithm, {imp} (us: median [p10-p90]) {header}");
+            print!("{:<10}", "# Size");
+            for (alg, _) in &cols {
+                print!("{alg:>ALG_COL$}");
+            }
+            println!("{:>20}{:>28}", "choice", "decision / fastest");
+            let sizes: std::collections::BTreeSet<usize> =
+                cols.iter().flat_map(|(_, by)| by.keys().copied()).collect();
+            for size in sizes {
+                print!("{size:<10}");
+                for (_, by) in &cols {
+                    match by.get(&size) {
+                        Some(s) => {
+                            let cell = format!("{:.2} [{:.2}-{:.2}]", s.median, s.p10, s.p90);
+                            print!("{cell:>ALG_COL$}");
+                        }
+                        None => print!("{:>ALG_COL$}", "-"),
+                    }
+                }
+                let at = |alg: &str| {
+                    cols.iter()
+                        .find(|(a, _)| *a == alg)
+                        .and_then(|(_, by)| by.get(&size))
+                        .map(|s| s.median)
+                };
+                let fastest = cols
+                    .iter()
+                    .filter(|(a, _)| *a != "decision")
+                    .filter_map(|(a, by)| by.get(&size).map(|s| (*a, s.median)))
+                    .min_by(|x, y| x.1.total_cmp(&y.1));
+                let verdict = match (at("decision"), fastest) {
+                    (Some(d), Some((best, m))) => format!("{:.2} ({best})", d / m),
+                    _ => "-".to_string(),
+                };
+                println!("{:>20}{verdict:>28}", decided(op, size, n));
+            }
+        }
+    }
+}
+
 /// Ratios of `num` over `den` (latency: >1 means `num` is slower).
 fn print_ratios(t: &Table, pairs: &[(&str, &str)]) {
     println!(
@@ -756,6 +909,7 @@ fn rank_main(o: &Opts) -> Res<()> {
     if w.transport().native().is_some() {
         bench_native_choice(&w, &o, &mut t)?;
     }
+    bench_algorithms(&w, &o, &mut t)?;
     #[cfg(feature = "mpi")]
     if w.transport().name() == "mpi" {
         native::bench(&w, &o, &mut t)?;
@@ -767,6 +921,7 @@ fn rank_main(o: &Opts) -> Res<()> {
             &t,
             &[("dsmpi-mpi", "mpi-native"), ("dsmpi-native", "mpi-native")],
         );
+        print_algorithms(&t, w.size(), &header);
     }
     universe.finalize()?;
     Ok(())
@@ -820,72 +975,102 @@ fn find_dsmexec() -> Option<PathBuf> {
     })
 }
 
+/// One line of a plot: its label and its (size, median) points.
+type Line<'a> = (&'a str, Vec<(f64, f64)>);
+
 /// Draws one SVG per operation of `t` into `dir` (`<op>.svg`): the median against the
 /// size, both axes logarithmic, one line per column. A column keeps its colour in
-/// every plot, so that the plots can be read side by side.
+/// every plot, so that the plots can be read side by side. The per-algorithm
+/// measurements get one plot per implementation (`<op>-algs-<implementation>.svg`,
+/// `/` in the name written `_`), one line per algorithm.
 fn plot(t: &Table, dir: &Path, header: &str) -> Res<()> {
-    use plotters::prelude::*;
     std::fs::create_dir_all(dir)?;
-    let columns: std::collections::BTreeSet<&String> = t.keys().map(|(i, _)| i).collect();
-    let colour = |imp: &String| {
-        Palette99::pick(columns.iter().position(|c| *c == imp).unwrap_or(0)).to_rgba()
+    let columns: std::collections::BTreeSet<&str> = t.keys().map(|(i, _)| i.as_str()).collect();
+    let colour = |imp: &str| columns.iter().position(|c| *c == imp).unwrap_or(0);
+    let points = |by: &BTreeMap<usize, Stats>| -> Vec<(f64, f64)> {
+        by.iter().map(|(&z, s)| (z as f64, s.median)).collect()
     };
     for (op, bw) in OPS {
-        let lines: Vec<(&String, Vec<(f64, f64)>)> = t
+        let lines: Vec<Line> = t
             .iter()
             .filter(|((_, o), _)| o == op)
-            .map(|((i, _), by)| (i, by.iter().map(|(&z, s)| (z as f64, s.median)).collect()))
+            .map(|((i, _), by)| (i.as_str(), points(by)))
             .collect();
-        let all = lines.iter().flat_map(|(_, pts)| pts.iter().copied());
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, 0f64, f64::MAX, 0f64);
-        for (x, y) in all.filter(|&(_, y)| y.is_finite() && y > 0.0) {
-            (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
-        }
-        if x1 == 0.0 {
-            continue;
-        }
-        // Margins, so that a single size (the page fault) or a flat line still spans
-        // a drawable range on a log axis.
-        let (x0, x1, y0, y1) = (x0 / 1.5, x1 * 1.5, y0 / 1.5, y1 * 1.5);
-        let path = dir.join(format!("{op}.svg"));
-        let root = SVGBackend::new(&path, (800, 500)).into_drawing_area();
-        root.fill(&WHITE)?;
         let unit = if bw { "MB/s" } else { "µs" };
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("{op} ({header}), median {unit}"),
-                ("sans-serif", 20),
-            )
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
-            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
-        chart
-            .configure_mesh()
-            .x_desc("message size (bytes)")
-            .y_desc(unit)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.3}"))
-            .draw()?;
-        for (imp, pts) in &lines {
-            let c = colour(imp);
-            chart
-                .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
-                .label(imp.as_str())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
-                });
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()?;
-        root.present()?;
-        eprintln!("# wrote {}", path.display());
+        let caption = format!("{op} ({header}), median {unit}");
+        draw_lines(
+            &dir.join(format!("{op}.svg")),
+            &caption,
+            unit,
+            &lines,
+            &colour,
+        )?;
     }
+    for (op, _) in ALG_OPS {
+        for (imp, cols) in alg_columns(t, op) {
+            let lines: Vec<Line> = cols.iter().map(|(alg, by)| (*alg, points(by))).collect();
+            let order: Vec<&str> = cols.iter().map(|(alg, _)| *alg).collect();
+            let colour = |alg: &str| order.iter().position(|a| *a == alg).unwrap_or(0);
+            let caption = format!("{op} per algorithm, {imp} ({header}), median µs");
+            let file = format!("{op}-algs-{}.svg", imp.replace('/', "_"));
+            draw_lines(&dir.join(file), &caption, "µs", &lines, &colour)?;
+        }
+    }
+    Ok(())
+}
+
+/// Draws `lines` into the SVG at `path`, log-log; `colour` gives each line's index in
+/// the palette. Draws nothing when no line has a point.
+fn draw_lines(
+    path: &Path,
+    caption: &str,
+    unit: &str,
+    lines: &[Line],
+    colour: &dyn Fn(&str) -> usize,
+) -> Res<()> {
+    use plotters::prelude::*;
+    let all = lines.iter().flat_map(|(_, pts)| pts.iter().copied());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, 0f64, f64::MAX, 0f64);
+    for (x, y) in all.filter(|&(_, y)| y.is_finite() && y > 0.0) {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    if x1 == 0.0 {
+        return Ok(());
+    }
+    // Margins, so that a single size (the page fault) or a flat line still spans a
+    // drawable range on a log axis.
+    let (x0, x1, y0, y1) = (x0 / 1.5, x1 * 1.5, y0 / 1.5, y1 * 1.5);
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("message size (bytes)")
+        .y_desc(unit)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.3}"))
+        .draw()?;
+    for (label, pts) in lines {
+        let c = Palette99::pick(colour(label)).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
+            .label(*label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    eprintln!("# wrote {}", path.display());
     Ok(())
 }
 
@@ -950,6 +1135,7 @@ fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>)
             ("dsmpi/ompi-sm", "dsmpi-tcp"),
         ],
     );
+    print_algorithms(&t, np, &format!("{np} ranks"));
     if let Some(dir) = plot_dir {
         plot(&t, dir, &format!("{np} ranks"))?;
     }
@@ -957,7 +1143,7 @@ fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>)
 }
 
 const USAGE: &str = "usage: dsmpi_bench [--compare [-n N] [--plot DIR]] [--raw-tcp] [--samples K] [--ops a,b,..] [--max-size BYTES] [--emit]
-  ops: latency bw bcast scatter alltoall allreduce get put accumulate fault
+  ops: latency bw bcast scatter alltoall allreduce get put accumulate fault bcast-algs allreduce-algs
   as ranks: dsmexec -n N dsmpi_bench | mpirun -n N dsmpi_bench (built with --features mpi)";
 
 fn main() -> ExitCode {
