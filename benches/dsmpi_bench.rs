@@ -37,7 +37,8 @@
 //! backend has native collectives (the `mpi` one), all measured back to back at each
 //! size so that drift hits every column alike. They print after the other tables, one
 //! table per implementation with one column per algorithm, the algorithm the decision
-//! function picks, and the ratio of the decision's median to the fastest algorithm's.
+//! function picks, and the ratio of the decision's median to the fastest dsmpi
+//! algorithm's.
 //!
 //! `--compare --plot DIR` also draws one SVG per operation (latency or bandwidth
 //! against size, log-log, one line per column) into DIR, and one per implementation
@@ -822,7 +823,8 @@ fn decided(op: &str, size: usize, n: usize) -> String {
 
 /// One OSU-style table per implementation and operation measured per algorithm: a
 /// column per algorithm, the decision function's pick, and how far its median is
-/// from the fastest column's (`decision / fastest`, 1.00 when it picked the best).
+/// from the fastest dsmpi algorithm's (`decision / fastest`, about 1 when it picked
+/// the best; `Native` is no candidate, as the decision never picks it).
 fn print_algorithms(t: &Table, n: usize, header: &str) {
     for (op, _) in ALG_OPS {
         for (imp, cols) in alg_columns(t, op) {
@@ -853,7 +855,7 @@ fn print_algorithms(t: &Table, n: usize, header: &str) {
                 };
                 let fastest = cols
                     .iter()
-                    .filter(|(a, _)| *a != "decision")
+                    .filter(|(a, _)| *a != "decision" && *a != "Native")
                     .filter_map(|(a, by)| by.get(&size).map(|s| (*a, s.median)))
                     .min_by(|x, y| x.1.total_cmp(&y.1));
                 let verdict = match (at("decision"), fastest) {
