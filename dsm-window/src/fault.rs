@@ -33,6 +33,9 @@ const DONE_FAIL: u32 = 4;
 /// Taken by the fault thread.
 const SERVING: u32 = 5;
 
+/// [`crate::poll::STARVED`] in ns, for the handler.
+const STARVED_NS: u64 = crate::poll::STARVED.as_nanos() as u64;
+
 /// What the faulting instruction did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FaultKind {
@@ -220,13 +223,19 @@ impl FaultChannel {
         }
         // Poll for the answer first, yielding the core between looks (the threads that
         // serve the fault may need it), then sleep on the futex.
+        // A yield that takes longer than `STARVED_NS` means another thread wanted this
+        // core: stop polling and sleep (see `crate::poll`).
         if self.poll_ns > 0 {
             let start = now_ns();
             while matches!(s.state.load(Ordering::Acquire), SUBMITTED | SERVING)
                 && now_ns().wrapping_sub(start) < self.poll_ns
             {
+                let t = now_ns();
                 // SAFETY: sched_yield is async-signal-safe and has no preconditions.
                 unsafe { libc::sched_yield() };
+                if now_ns().wrapping_sub(t) > STARVED_NS {
+                    break;
+                }
             }
         }
         let ok = loop {

@@ -58,7 +58,8 @@
 //!
 //! Each rank runs two threads per window: a **service thread** that executes the
 //! requests of other ranks against the pages this rank owns, and a **fault thread** that
-//! makes pages valid for the SIGSEGV handler.
+//! makes pages valid for the SIGSEGV handler. Both poll while the window is busy and
+//! sleep when it is idle (see *When the threads poll*).
 //!
 //! # RMA: messages to the owner, executed there
 //!
@@ -194,10 +195,14 @@
 //!
 //! One `SA_SIGINFO | SA_ONSTACK` SIGSEGV handler per process, installed at the first
 //! allocation. It looks the fault address up in a fixed table of window ranges (atomic
-//! loads only), and for a window address claims a preallocated slot (CAS), writes the
-//! slot number to the window's pipe (`write(2)`) and sleeps on the slot with
-//! `futex(2)`; the window's fault thread fetches the page, changes its protection and
-//! wakes it, and the access is retried. No allocation, no lock, errno preserved. For
+//! loads only), and for a window address claims a preallocated slot (CAS) and submits
+//! the fault in it. If the window's fault thread is asleep it writes the slot number
+//! to the window's pipe (`write(2)`, non-blocking); if the thread is polling (see
+//! *When the threads poll*) it finds the slot without that wake-up. The faulting
+//! thread then polls the slot (`sched_yield(2)` between looks, `clock_gettime(2)` for
+//! the time limit) and after that sleeps on it with `futex(2)`; the fault thread
+//! fetches the page, changes its protection and marks the slot done (and wakes it),
+//! and the access is retried. No allocation, no lock, errno preserved. For
 //! any other address the handler chains to the handler installed before it (Rust's
 //! stack-overflow handler keeps working) or, if that was the default action, restores
 //! the default and returns, so the access faults again and the process dies of
@@ -208,6 +213,35 @@
 //! as a write. `userfaultfd` is not used: SIGSEGV serves every fault. Protection
 //! changes are per page at faults and per run of pages at acquire and release; the
 //! number of mappings stays bounded by the number of pages touched in an epoch.
+//!
+//! # When the threads poll
+//!
+//! A request that finds the target's service thread asleep pays its wake-up, and a
+//! page fault used to pay two (the fault thread's, then the faulting thread's): 20 to
+//! 100 µs each on the 2-core machine these numbers come from, against 5–10 µs for the
+//! whole exchange between awake threads. A thread that never sleeps costs a core
+//! forever. The policy (module `poll`):
+//! - the **service thread** polls (`iprobe` on the request tag, `sched_yield` between
+//!   looks) for `DSMPI_WIN_POLL_US` (default **2000 µs**) after the last request it
+//!   served, and 25× as long while some origin holds a passive-target or byte-range
+//!   lock on this rank (an open epoch announces more requests); otherwise it sleeps
+//!   in a blocking receive as before;
+//! - the **fault thread** polls the fault slots for the same time after the last fault
+//!   it served, then announces that it sleeps (a flag the handler reads: the handler
+//!   writes to the pipe only then — a Dekker pair of `SeqCst` stores and loads, so no
+//!   fault is missed) and sleeps in `read(2)` on the pipe;
+//! - the **faulting thread** polls its slot for up to the same time, then sleeps on
+//!   the futex;
+//! - **starvation back-off**: polling pays only when the poller has a core. A
+//!   `sched_yield` that takes longer than 30 µs means another thread wanted this core
+//!   (more busy threads than cores: a loaded machine, many ranks on few cores); a
+//!   yielding poller then looks only when that thread stops, later than the kernel
+//!   would have woken a sleeper (a woken thread preempts a spinning one, a yielding one
+//!   does not). The thread stops polling — the service and fault threads for 20 ms,
+//!   the faulting thread for this fault — and sleeps as before.
+//!
+//! An idle window therefore costs nothing after 2 ms (50 ms while a lock is held), and
+//! `DSMPI_WIN_POLL_US=0` restores sleeping at once everywhere.
 //!
 //! # Locks
 //!

@@ -8,9 +8,16 @@
 //! byte-range lock on this rank (an open epoch announces more requests). After that
 //! they sleep as before, so an idle window costs nothing. Polling yields the core
 //! between looks (`sched_yield`), so a thread that needs the core gets it.
+//!
+//! Polling only pays when the poller has a core of its own. When one `sched_yield`
+//! takes longer than [`STARVED`], another thread needed this core (more hot threads
+//! than cores: a loaded machine, or many ranks on few cores), and a polling thread
+//! would only get to look when that thread stops — later than the kernel would have
+//! woken a sleeper (a woken thread preempts a spinning one; a yielding one does not).
+//! The thread then stops polling for [`BACKOFF`] and sleeps as before.
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Default of [`poll_window`], in µs.
 pub(crate) const DEFAULT_POLL_US: u64 = 2000;
@@ -32,7 +39,40 @@ pub(crate) fn poll_window() -> Duration {
     })
 }
 
-/// One idle turn of a polling loop: lets another thread have the core.
-pub(crate) fn relax() {
-    std::thread::yield_now();
+/// A yield longer than this means another thread wanted this core.
+pub(crate) const STARVED: Duration = Duration::from_micros(30);
+
+/// How long a starved thread sleeps instead of polling before it tries again.
+pub(crate) const BACKOFF: Duration = Duration::from_millis(20);
+
+/// Paces a polling loop: one [`idle`](Pacer::idle) turn per empty look, and the
+/// starvation back-off.
+pub(crate) struct Pacer {
+    starved_until: Option<Instant>,
+}
+
+impl Pacer {
+    /// A pacer that may poll.
+    pub(crate) fn new() -> Pacer {
+        Pacer {
+            starved_until: None,
+        }
+    }
+
+    /// Whether polling is allowed now (not backing off after starvation).
+    pub(crate) fn may_poll(&self) -> bool {
+        self.starved_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// One idle turn: yields the core; if the yield took longer than [`STARVED`],
+    /// backs off (and returns false: stop polling now).
+    pub(crate) fn idle(&mut self) -> bool {
+        let t = Instant::now();
+        std::thread::yield_now();
+        if t.elapsed() > STARVED {
+            self.starved_until = Some(Instant::now() + BACKOFF);
+            return false;
+        }
+        true
+    }
 }

@@ -681,6 +681,7 @@ impl Shared {
     /// the last fault it served, then sleeps on the pipe (see [`crate::poll`]).
     pub(crate) fn fault_loop(self: Arc<Self>, chan: Arc<FaultChannel>, pipe: OwnedFd) {
         let poll = chan.poll_time();
+        let mut pacer = crate::poll::Pacer::new();
         let mut last = Instant::now();
         loop {
             if chan.stopping() {
@@ -698,8 +699,7 @@ impl Shared {
                 last = Instant::now();
                 continue;
             }
-            if last.elapsed() < poll {
-                crate::poll::relax();
+            if last.elapsed() < poll && pacer.may_poll() && pacer.idle() {
                 continue;
             }
             if chan.prepare_sleep() {
@@ -719,19 +719,23 @@ impl Shared {
     pub(crate) fn service_loop(self: Arc<Self>) {
         let poll = crate::poll::poll_window();
         let lock_poll = poll * crate::poll::LOCK_FACTOR;
+        let mut pacer = crate::poll::Pacer::new();
         // Cold at start: the first request wakes the thread.
         let mut last: Option<Instant> = None;
         loop {
             let hot = last.is_some_and(|t| {
                 let idle = t.elapsed();
                 idle < poll || (idle < lock_poll && self.locks_held.load(Ordering::Relaxed))
-            });
+            }) && pacer.may_poll();
             let got = if hot {
                 match self.comm.iprobe(ANY_SOURCE, TAG_REQ) {
                     // The first message of that source on the tag is the one probed.
                     Ok(Some(st)) => self.comm.recv_vec::<u8>(st.source(), TAG_REQ),
                     Ok(None) => {
-                        crate::poll::relax();
+                        if !pacer.idle() {
+                            // Starved: sleep in the receive from now on (for a while).
+                            last = None;
+                        }
                         continue;
                     }
                     Err(e) => Err(e),
