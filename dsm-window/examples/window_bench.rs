@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use dsmpi_runtime::{scope, wait_all, Communicator};
-use dsmpi_window::{LockType, Op, Window};
+use dsmpi_window::{Datatype, LockType, Op, Typed, Window};
 
 const REPS: usize = 2000;
 
@@ -131,6 +131,27 @@ fn bench(world: Communicator) -> Result<(), Box<dyn std::error::Error>> {
                 vec![t.elapsed().as_secs_f64() * 1e6 / REPS as f64],
             );
         }
+        // A strided column (64 u64, one every 8): one typed request against 64 gets.
+        let col = Datatype::vector(64, 1, 8, &Datatype::of::<u64>())?.commit();
+        let flat = Datatype::of::<u64>().commit();
+        let mut colbuf = vec![0u64; 64];
+        let t = time_us(REPS / 4, || {
+            Ok(win.get_typed(
+                &mut colbuf,
+                Typed::new(&flat, 64),
+                peer,
+                0,
+                Typed::new(&col, 1),
+            )?)
+        })?;
+        report(me, "get_typed strided column 64 x 8 B", t);
+        let e = time_us(REPS / 4, || {
+            for (i, x) in colbuf.iter_mut().enumerate() {
+                win.get(std::slice::from_mut(x), peer, 8 * i)?;
+            }
+            Ok(())
+        })?;
+        report(me, "same column as 64 gets of 8 B", e);
         let f = time_us(REPS, || {
             win.fetch_and_op(1u64, peer, 0, Op::Sum)?;
             Ok(())

@@ -352,10 +352,32 @@ impl Shared {
                 mb = self.mail.wait(mb).unwrap_or_else(|p| p.into_inner());
             }
         } else {
+            self.poll_reply(target, tag)?;
             self.comm.recv_vec::<u8>(target, tag)?.0
         };
         proto::parse_reply(target, &v)?;
         Ok(v)
+    }
+
+    /// Polls for a reply (`iprobe`, yielding the core between looks) for up to the
+    /// poll window before the caller blocks in the receive. A blocking receive
+    /// busy-waits on this thread's core without yielding it; when the target's service
+    /// thread shares that core (two ranks' threads on one core of a loaded machine), it
+    /// runs only once that wait gives up. Yielding lets it run at once, and costs one
+    /// `sched_yield` per look when it has a core of its own.
+    fn poll_reply(&self, target: usize, tag: i32) -> Result<()> {
+        let poll = crate::poll::poll_window();
+        if poll.is_zero() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        while start.elapsed() < poll {
+            if self.comm.iprobe(target, tag)?.is_some() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
     }
 
     /// Sends a request and waits for its reply.
