@@ -10,7 +10,11 @@ use common::*;
 use dsmpi_collectives::prelude::*;
 use dsmpi_runtime::{Communicator, LocalBackend};
 
-const B: LocalBackend = LocalBackend::Sockets;
+/// The threads backend `run_local` picks: shared memory, or byte streams with
+/// `DSMPI_TRANSPORT=tcp` (CI runs the suite both ways).
+fn b() -> LocalBackend {
+    LocalBackend::from_env()
+}
 
 /// (root, bytes) cases for `n` ranks.
 fn cases(n: usize) -> Vec<(usize, usize)> {
@@ -46,7 +50,7 @@ fn bcast_case(w: &Communicator, fails: &mut Vec<String>, alg: Bcast, root: usize
 #[test]
 fn bcast_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             for (root, len) in cases(n) {
                 for alg in Bcast::ALL {
                     bcast_case(w, fails, alg, root, len);
@@ -70,7 +74,7 @@ fn bcast_every_algorithm() {
 #[test]
 fn scatter_and_gather_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for (root, len) in cases(n) {
                 let all = bytes(root, n * len, 2);
@@ -132,7 +136,7 @@ fn v_layout(n: usize, len: usize) -> (Vec<usize>, Vec<usize>, usize) {
 #[test]
 fn scatterv_and_gatherv_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for (root, len) in cases(n) {
                 let (counts, displs, total) = v_layout(n, len);
@@ -197,7 +201,7 @@ fn rootless_sizes(n: usize) -> Vec<usize> {
 #[test]
 fn allgather_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for len in rootless_sizes(n) {
                 let want: Vec<u8> = (0..n).flat_map(|r| bytes(r, len, 6)).collect();
@@ -220,7 +224,7 @@ fn allgather_every_algorithm() {
 #[test]
 fn allgatherv_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for len in rootless_sizes(n) {
                 let (counts, displs, total) = v_layout(n, len);
@@ -249,7 +253,7 @@ fn allgatherv_every_algorithm() {
 #[test]
 fn alltoall_every_algorithm() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for len in rootless_sizes(n) {
                 // Keep the 1 MiB case to 1 MiB per *rank*, not per block, on many ranks.
@@ -348,7 +352,7 @@ fn sum_u64(upto: usize, count: usize, salt: u64) -> Vec<u64> {
 #[test]
 fn reduce_every_algorithm_in_rank_order() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for count in reduce_counts(n) {
                 let roots: Vec<usize> = if count > 4096 {
@@ -401,7 +405,7 @@ fn reduce_every_algorithm_in_rank_order() {
 #[test]
 fn allreduce_every_algorithm_in_rank_order() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for count in reduce_counts(n) {
                 let want_a = fold_affine(n, n, count, 12);
@@ -444,7 +448,7 @@ fn allreduce_every_algorithm_in_rank_order() {
 #[test]
 fn reduce_scatter_every_algorithm_in_rank_order() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for count in reduce_counts(n) {
                 let count = if count > 4096 { count / n } else { count };
@@ -488,7 +492,7 @@ fn reduce_scatter_every_algorithm_in_rank_order() {
 #[test]
 fn scan_and_exscan_every_algorithm_in_rank_order() {
     for n in 1..=9 {
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             let me = w.rank();
             for count in reduce_counts(n) {
                 let mine: Vec<Affine> = values(me, count, 16);
@@ -540,7 +544,7 @@ fn barrier_every_algorithm_separates_rounds() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     for n in 1..=9 {
         let arrived = AtomicUsize::new(0);
-        run(B, n, |w, fails| {
+        run(b(), n, |w, fails| {
             for round in 0..6 {
                 let alg = Barrier::ALL[round % 2];
                 arrived.fetch_add(1, Ordering::SeqCst);

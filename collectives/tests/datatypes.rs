@@ -198,6 +198,7 @@ fn large_strided_messages_arrive_whole_in_any_receive_layout() {
     for backend in [
         dsmpi_runtime::LocalBackend::Sockets,
         dsmpi_runtime::LocalBackend::Tcp,
+        dsmpi_runtime::LocalBackend::Shm,
     ] {
         let out = dsmpi_runtime::run_local_with(backend, 2, |w| -> Result<(), Error> {
             let f = Datatype::of::<f64>().commit();

@@ -11,6 +11,7 @@ use crate::bootstrap::{self, JobToken, PmiMsg};
 use crate::comm::Communicator;
 use crate::error::{Error, Result};
 use crate::transport::engine::{Engine, EngineConfig};
+use crate::transport::shm;
 use crate::transport::{local, tcp, Transport};
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -275,9 +276,17 @@ fn init_inner() -> Result<Universe> {
     }
     let hosts: Vec<String> = table.into_iter().map(|e| e.host).collect();
     let links = tcp::build_mesh(rank, &token, &listener, &addrs, connect_timeout)?;
-    let engine = Engine::new(
+    // Ranks the launcher placed on this host talk through shared memory; the launcher
+    // gives every rank the same `DSMPI_TRANSPORT`, so both ends of a pair agree.
+    let same_host: Vec<bool> = hosts
+        .iter()
+        .map(|h| shm::enabled_by_env() && *h == host)
+        .collect();
+    let rings = shm::attach(rank, &links, &same_host, connect_timeout)?;
+    let engine = Engine::with_shm(
         rank,
         links,
+        rings,
         hosts,
         "tcp",
         cfg,
@@ -381,24 +390,45 @@ impl Drop for Universe {
 }
 
 /// Which links [`run_local_with`] puts between its threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LocalBackend {
-    /// Unix socket pairs (the default: no ports, no network).
-    #[default]
+    /// Unix socket pairs carrying every byte (no ports, no network, no shared memory).
     Sockets,
     /// A real TCP mesh on 127.0.0.1, built with the job-token handshake, so that the
     /// `tcp` backend can be tested without launching processes.
     Tcp,
+    /// Shared-memory rings (the [`shm`](crate::transport::shm) links), with Unix
+    /// socket pairs as doorbells: what ranks on one host use.
+    Shm,
+}
+
+impl LocalBackend {
+    /// What [`run_local`] uses: [`LocalBackend::Shm`], or [`LocalBackend::Sockets`]
+    /// when `DSMPI_TRANSPORT=tcp` forces byte streams everywhere (so one environment
+    /// variable runs the whole test suite over either).
+    pub fn from_env() -> LocalBackend {
+        if shm::enabled_by_env() {
+            LocalBackend::Shm
+        } else {
+            LocalBackend::Sockets
+        }
+    }
+}
+
+impl Default for LocalBackend {
+    fn default() -> LocalBackend {
+        LocalBackend::from_env()
+    }
 }
 
 /// Runs `f` on `n` ranks, each a thread of this process, and returns their results
-/// in rank order. See [`run_local_with`].
+/// in rank order, over [`LocalBackend::from_env`]. See [`run_local_with`].
 pub fn run_local<R, F>(n: usize, f: F) -> Result<Vec<R>>
 where
     R: Send,
     F: Fn(Communicator) -> R + Sync,
 {
-    run_local_with(LocalBackend::Sockets, n, f)
+    run_local_with(LocalBackend::from_env(), n, f)
 }
 
 /// Runs `f` on `n` ranks as threads over `backend`, finalizing each rank when its
@@ -424,6 +454,38 @@ where
                 .enumerate()
                 .map(|(r, links)| {
                     Engine::new(r, links, hosts.clone(), "local", cfg.clone(), None).map(Arc::new)
+                })
+                .collect::<Result<_>>()?
+        }
+        LocalBackend::Shm => {
+            let mesh = local::socketpair_mesh(n)?;
+            let same_host = vec![true; n];
+            // Every rank's side of the set-up exchange runs at once, as in a real job.
+            let rings: Vec<Result<Vec<Option<shm::ShmLink>>>> = std::thread::scope(|s| {
+                let hs: Vec<_> = mesh
+                    .iter()
+                    .enumerate()
+                    .map(|(r, links)| {
+                        let same_host = &same_host;
+                        s.spawn(move || shm::attach(r, links, same_host, Duration::from_secs(60)))
+                    })
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Bootstrap(
+                                "shared-memory set-up thread panicked".into(),
+                            ))
+                        })
+                    })
+                    .collect()
+            });
+            mesh.into_iter()
+                .zip(rings)
+                .enumerate()
+                .map(|(r, (links, rings))| {
+                    Engine::with_shm(r, links, rings?, hosts.clone(), "local", cfg.clone(), None)
+                        .map(Arc::new)
                 })
                 .collect::<Result<_>>()?
         }

@@ -6,7 +6,7 @@ use dsmpi_runtime::{
     ANY_TAG,
 };
 
-const BACKENDS: [LocalBackend; 2] = [LocalBackend::Sockets, LocalBackend::Tcp];
+const BACKENDS: [LocalBackend; 3] = [LocalBackend::Sockets, LocalBackend::Tcp, LocalBackend::Shm];
 
 fn on_all<R: Send>(n: usize, f: impl Fn(Communicator) -> R + Sync) -> Vec<Vec<R>> {
     BACKENDS

@@ -32,6 +32,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::poller::{Poller, WAKER};
+use super::shm::ShmLink;
 use super::wire::{Header, Kind, HDR, NO_REQ};
 use super::{Completion, RawStatus, RecvTarget, ReqId, Transport};
 use crate::error::{Error, Result};
@@ -47,6 +48,34 @@ const DIRECT_MIN: usize = 16 * 1024;
 const COALESCE_MAX: usize = 256 * 1024;
 /// At most this many iovecs per `sendmsg`.
 const MAX_IOV: usize = 64;
+/// With shared-memory peers, a spinning waiter looks at the epoll set (other hosts,
+/// doorbells, ends of links) once every this many looks at the rings.
+const SHM_EPOLL_EVERY: u32 = 16;
+/// With shared-memory peers, how long a waiter spins on the CPU before it starts
+/// yielding its core between looks at the rings.
+const SHM_PAUSE_SPIN: Duration = Duration::from_micros(5);
+
+/// Hashes request ids, which are sequential numbers: one multiplication spreads them
+/// over the table (SipHash, the default, costs more than the rest of a small send).
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+/// See [`IdHash`].
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// Tunables of an engine.
 #[derive(Clone, Debug)]
@@ -145,7 +174,12 @@ enum Req {
 #[derive(Debug)]
 enum Body {
     Data(Vec<u8>),
-    Rts { sreq: u64 },
+    /// A request-to-send: the sender's request and its buffer's address (for a
+    /// cross-memory read on a same-host link).
+    Rts {
+        sreq: u64,
+        addr: u64,
+    },
 }
 
 #[derive(Debug)]
@@ -235,12 +269,16 @@ struct Peer {
     bye_sent: bool,
     bye_recvd: bool,
     lost: Option<String>,
+    /// Shared-memory rings replacing the socket's data path (same-host peers); the
+    /// socket then only carries doorbells and the end of the link.
+    shm: Option<ShmLink>,
 }
 
 impl Peer {
-    fn new(fd: Option<OwnedFd>) -> Peer {
+    fn new(fd: Option<OwnedFd>, shm: Option<ShmLink>) -> Peer {
         let raw = fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         Peer {
+            shm,
             fd,
             raw,
             rbuf: Vec::new(),
@@ -262,7 +300,7 @@ impl Peer {
 #[derive(Debug)]
 struct State {
     peers: Vec<Peer>,
-    reqs: HashMap<ReqId, Req>,
+    reqs: HashMap<ReqId, Req, IdHash>,
     next_id: ReqId,
     posted: VecDeque<ReqId>,
     unexpected: VecDeque<Unexpected>,
@@ -295,6 +333,8 @@ pub struct Engine {
     listener: Option<OwnedFd>,
     /// Told (once, under the lock) the first time a peer vanishes without goodbye.
     on_peer_lost: std::sync::OnceLock<Hook>,
+    /// Peers linked by shared memory, whose rings a waiting thread polls directly.
+    shm_peers: Vec<usize>,
 }
 
 /// A callback for the first peer lost; see [`Engine::on_peer_lost`].
@@ -332,11 +372,36 @@ impl Engine {
         cfg: EngineConfig,
         listener: Option<OwnedFd>,
     ) -> Result<Engine> {
+        let shm = (0..links.len()).map(|_| None).collect();
+        Self::with_shm(me, links, shm, hosts, backend, cfg, listener)
+    }
+
+    /// Like [`Engine::new`], with shared-memory rings (from [`super::shm::attach`])
+    /// carrying the frames of the peers that have one; their sockets stay as
+    /// doorbells and to tell when the peer is gone.
+    pub fn with_shm(
+        me: usize,
+        links: Vec<Option<OwnedFd>>,
+        shm: Vec<Option<ShmLink>>,
+        hosts: Vec<String>,
+        backend: &'static str,
+        cfg: EngineConfig,
+        listener: Option<OwnedFd>,
+    ) -> Result<Engine> {
         let n = links.len();
+        assert_eq!(shm.len(), n, "one shared-memory slot per rank");
+        let shm_peers: Vec<usize> = (0..n).filter(|&p| shm[p].is_some()).collect();
+        let backend = match (shm_peers.len(), backend) {
+            (0, b) => b,
+            (k, "local") if k + 1 == n => "shm",
+            (k, "tcp") if k + 1 == n => "shm",
+            (_, "tcp") => "tcp+shm",
+            (_, _) => "local+shm",
+        };
         assert_eq!(hosts.len(), n, "one host name per rank");
         let poll = Poller::new().map_err(|e| Error::io("creating epoll set", e))?;
         let mut peers = Vec::with_capacity(n);
-        for (p, fd) in links.into_iter().enumerate() {
+        for (p, (fd, link)) in links.into_iter().zip(shm).enumerate() {
             if let Some(fd) = &fd {
                 let raw = fd.as_raw_fd();
                 set_nonblocking(raw).map_err(|e| Error::io("making a link non-blocking", e))?;
@@ -347,7 +412,7 @@ impl Engine {
                     "no link from rank {me} to rank {p}"
                 )));
             }
-            let mut peer = Peer::new(fd);
+            let mut peer = Peer::new(fd, link);
             if p != me {
                 peer.rbuf = vec![0; RBUF];
             }
@@ -366,7 +431,7 @@ impl Engine {
             cfg,
             st: Mutex::new(State {
                 peers,
-                reqs: HashMap::new(),
+                reqs: HashMap::with_hasher(IdHash::default()),
                 next_id: 1,
                 posted: VecDeque::new(),
                 unexpected: VecDeque::new(),
@@ -383,6 +448,7 @@ impl Engine {
             poll,
             listener,
             on_peer_lost: std::sync::OnceLock::new(),
+            shm_peers,
         })
     }
 
@@ -497,9 +563,18 @@ impl Engine {
         tag: Tag,
         len: usize,
         sreq: u64,
+        addr: u64,
     ) {
         let mut cts = Header::new(Kind::Cts, ctx, tag, len as u64);
         cts.a = sreq;
+        if let Some(done) = Self::cma_receive(st, target, src, tag, len, addr) {
+            // The payload is already here: "clear to send" with no request tells the
+            // sender its buffer is free, as after a truncation.
+            cts.b = NO_REQ;
+            Self::finish(st, req, done);
+            Self::push_frame(st, src, &cts.encode(), &[]);
+            return;
+        }
         match target {
             Target::Buf(_, cap) if len > cap => {
                 cts.b = NO_REQ;
@@ -528,6 +603,48 @@ impl Engine {
             }
         }
         Self::push_frame(st, src, &cts.encode(), &[]);
+    }
+
+    /// Copies a rendezvous payload straight out of a same-host sender's memory with
+    /// one cross-memory read, when its link allows it. `None`: use the ring instead.
+    fn cma_receive(
+        st: &mut State,
+        target: Target,
+        src: usize,
+        tag: Tag,
+        len: usize,
+        addr: u64,
+    ) -> Option<Result<Completion>> {
+        let link = st.peers[src]
+            .shm
+            .as_ref()
+            .filter(|l| l.cma() && addr != 0)?;
+        let status = RawStatus {
+            source: src,
+            tag,
+            bytes: len,
+        };
+        match target {
+            Target::Buf(ptr, cap) if len <= cap => {
+                // SAFETY: a posted receive buffer with `cap >= len` writable bytes.
+                unsafe { link.cma_read(ptr.0, addr, len) }
+                    .ok()
+                    .map(|()| Ok(Completion { status, data: None }))
+            }
+            Target::Buf(..) => None,
+            Target::Alloc => {
+                let mut heap = vec![0u8; len];
+                // SAFETY: `heap` has `len` writable bytes.
+                unsafe { link.cma_read(heap.as_mut_ptr(), addr, len) }
+                    .ok()
+                    .map(|()| {
+                        Ok(Completion {
+                            status,
+                            data: Some(heap),
+                        })
+                    })
+            }
+        }
     }
 
     // ----- sending ---------------------------------------------------------------
@@ -587,6 +704,27 @@ impl Engine {
                     };
                     cnt += 1;
                 }
+                if let Some(link) = &peer.shm {
+                    let mut bufs: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+                    for (b, v) in bufs.iter_mut().zip(&iov[..cnt]) {
+                        // SAFETY: each iovec was built above from a live queue item.
+                        *b = unsafe {
+                            std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                        };
+                    }
+                    let n = link.send(&bufs[..cnt]);
+                    if n == 0 {
+                        // Ring full: ask the reader to ring once it has made room,
+                        // unless it already has.
+                        if link.want_room() {
+                            continue;
+                        }
+                        peer.want_out = true;
+                        break;
+                    }
+                    Self::advance_tx(peer, n, &mut done_reqs);
+                    continue;
+                }
                 // SAFETY: a zeroed msghdr is valid; iov points at `cnt` initialized iovecs.
                 let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
                 msg.msg_iov = iov.as_mut_ptr();
@@ -612,39 +750,13 @@ impl Engine {
                         }
                     }
                 }
-                let mut n = r as usize;
-                while n > 0 {
-                    let Some(front) = peer.txq.front() else { break };
-                    let left = front.len() - peer.tx_off;
-                    if n >= left {
-                        n -= left;
-                        peer.tx_off = 0;
-                        match peer.txq.pop_front() {
-                            Some(TxItem::Borrowed { req, .. }) => done_reqs.push(req),
-                            Some(TxItem::Buf(mut v))
-                                if v.capacity() <= COALESCE_MAX
-                                    && v.capacity() > peer.spare.capacity() =>
-                            {
-                                v.clear();
-                                peer.spare = v;
-                            }
-                            _ => {}
-                        }
-                    } else {
-                        peer.tx_off += n;
-                        n = 0;
-                    }
-                }
-                // Zero-length borrowed items complete without bytes.
-                while let Some(TxItem::Borrowed { len: 0, .. }) = peer.txq.front() {
-                    if let Some(TxItem::Borrowed { req, .. }) = peer.txq.pop_front() {
-                        done_reqs.push(req);
-                    }
-                }
+                Self::advance_tx(peer, r as usize, &mut done_reqs);
             }
+            // A ring's reader rings when it makes room; a socket's writability was
+            // watched in epoll and no longer needs to be.
             if peer.txq.is_empty()
                 && peer.want_out
-                && self.poll.modify(peer.raw, p as u64, false).is_ok()
+                && (peer.shm.is_some() || self.poll.modify(peer.raw, p as u64, false).is_ok())
             {
                 peer.want_out = false;
             }
@@ -661,6 +773,38 @@ impl Engine {
         }
         if let Some(reason) = failure {
             self.lose_peer(st, p, reason);
+        }
+    }
+
+    /// Drops `n` written bytes from the front of a peer's queue, collecting the
+    /// borrowed sends that are now complete.
+    fn advance_tx(peer: &mut Peer, mut n: usize, done_reqs: &mut Vec<ReqId>) {
+        while n > 0 {
+            let Some(front) = peer.txq.front() else { break };
+            let left = front.len() - peer.tx_off;
+            if n >= left {
+                n -= left;
+                peer.tx_off = 0;
+                match peer.txq.pop_front() {
+                    Some(TxItem::Borrowed { req, .. }) => done_reqs.push(req),
+                    Some(TxItem::Buf(mut v))
+                        if v.capacity() <= COALESCE_MAX && v.capacity() > peer.spare.capacity() =>
+                    {
+                        v.clear();
+                        peer.spare = v;
+                    }
+                    _ => {}
+                }
+            } else {
+                peer.tx_off += n;
+                n = 0;
+            }
+        }
+        // Zero-length borrowed items complete without bytes.
+        while let Some(TxItem::Borrowed { len: 0, .. }) = peer.txq.front() {
+            if let Some(TxItem::Borrowed { req, .. }) = peer.txq.pop_front() {
+                done_reqs.push(req);
+            }
         }
     }
 
@@ -694,14 +838,20 @@ impl Engine {
                 } if len - got >= DIRECT_MIN => Some((ptr.0, *got, len - got)),
                 _ => None,
             };
-            let r = match direct {
+            let (dst, want) = match direct {
                 // SAFETY: the sink has `len` writable bytes (a posted receive buffer or
                 // an allocation sized to the message); we write its unfilled tail.
-                Some((ptr, got, left)) => unsafe {
-                    libc::read(peer.raw, ptr.add(got).cast(), left)
+                Some((ptr, got, left)) => (unsafe { ptr.add(got) }, left),
+                None => (peer.rbuf.as_mut_ptr(), RBUF),
+            };
+            let r = match &peer.shm {
+                // SAFETY: `dst` has `want` writable bytes (see above).
+                Some(link) => match unsafe { link.recv(dst, want) } {
+                    0 => return,
+                    n => n as isize,
                 },
-                // SAFETY: rbuf is a live buffer of RBUF bytes.
-                None => unsafe { libc::read(peer.raw, peer.rbuf.as_mut_ptr().cast(), RBUF) },
+                // SAFETY: as above.
+                None => unsafe { libc::read(peer.raw, dst.cast(), want) },
             };
             if r < 0 {
                 let e = io::Error::last_os_error();
@@ -892,13 +1042,18 @@ impl Engine {
                 }
             }
             Kind::Rts => match Self::match_posted(st, p, h.ctx, h.tag) {
-                Some((req, target)) => self.accept_rts(st, req, target, p, h.ctx, h.tag, len, h.a),
+                Some((req, target)) => {
+                    self.accept_rts(st, req, target, p, h.ctx, h.tag, len, h.a, h.b)
+                }
                 None => st.unexpected.push_back(Unexpected {
                     src: p,
                     ctx: h.ctx,
                     tag: h.tag,
                     len,
-                    body: Body::Rts { sreq: h.a },
+                    body: Body::Rts {
+                        sreq: h.a,
+                        addr: h.b,
+                    },
                 }),
             },
             Kind::Cts => match st.reqs.get(&h.a) {
@@ -1056,6 +1211,10 @@ impl Engine {
     /// Flushes queued frames and handles whatever the sockets have, without blocking.
     fn progress(&self, st: &mut State) -> Result<()> {
         self.flush_dirty(st);
+        if !self.shm_peers.is_empty() {
+            // Rings ring no bell while this rank is awake: look at them.
+            self.poll_shm(st);
+        }
         self.poll_once(st)
     }
 
@@ -1086,6 +1245,7 @@ impl Engine {
             match tok {
                 WAKER => {}
                 LISTENER => self.turn_away(),
+                p if st.peers[p as usize].shm.is_some() => self.shm_event(st, p as usize),
                 p => {
                     let p = p as usize;
                     if bits & libc::EPOLLOUT as u32 != 0 {
@@ -1105,6 +1265,78 @@ impl Engine {
         // Frames queued while handling (clear-to-send, rendezvous data) go out now.
         self.flush_dirty(st);
         Ok(())
+    }
+
+    /// A same-host peer's socket spoke: doorbell bytes (read and dropped) or the end
+    /// of the link. Either way, move what its rings hold.
+    fn shm_event(&self, st: &mut State, p: usize) {
+        let raw = st.peers[p].raw;
+        let mut eof = false;
+        if st.peers[p].fd.is_some() {
+            let mut buf = [0u8; 64];
+            loop {
+                // SAFETY: reading into a stack buffer of 64 bytes.
+                let r = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
+                if r == 64 {
+                    continue;
+                }
+                if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // A reset or any other error ends the link like an end of file.
+                eof = r == 0
+                    || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock);
+                break;
+            }
+        }
+        if st.peers[p].want_out {
+            self.flush_peer(st, p);
+        }
+        // Everything the peer wrote before closing is in the ring: read it all first.
+        self.read_peer(st, p);
+        if eof {
+            self.on_eof(st, p);
+        }
+    }
+
+    /// Moves whatever the shared-memory rings hold, without a system call.
+    fn poll_shm(&self, st: &mut State) {
+        for &p in &self.shm_peers {
+            let peer = &st.peers[p];
+            let Some(link) = peer.shm.as_ref().filter(|_| peer.fd.is_some()) else {
+                continue;
+            };
+            let (readable, retry) = (link.readable(), peer.want_out && link.writable());
+            if retry {
+                self.flush_peer(st, p);
+            }
+            if readable {
+                st.last_peer = Some(p);
+                self.read_peer(st, p);
+            }
+        }
+        self.flush_dirty(st);
+    }
+
+    /// Raises the sleep flag in every incoming ring. `false` if a ring has bytes or
+    /// room appeared for a blocked send: then the caller must not sleep.
+    fn prepare_sleep(&self, st: &State) -> bool {
+        self.shm_peers.iter().all(|&p| {
+            let peer = &st.peers[p];
+            match peer.shm.as_ref().filter(|_| peer.fd.is_some()) {
+                Some(link) => link.prepare_sleep() && !(peer.want_out && link.want_room()),
+                None => true,
+            }
+        })
+    }
+
+    /// Lowers the sleep flags raised by [`Engine::prepare_sleep`].
+    fn woke(&self, st: &State) {
+        for &p in &self.shm_peers {
+            if let Some(link) = &st.peers[p].shm {
+                link.woke();
+            }
+        }
     }
 
     /// Wakes the threads that may be waiting for requests completed since the last
@@ -1155,6 +1387,7 @@ impl Engine {
         let mut st = self.lock();
         let mut events = Vec::new();
         let mut spins = 0u32;
+        let shm = !self.shm_peers.is_empty();
         loop {
             // Queued frames first: an eager send is complete once written, and needs
             // no look at the sockets.
@@ -1162,20 +1395,38 @@ impl Engine {
             if let Some(r) = check(&mut st) {
                 return Ok(r);
             }
-            self.poll_once(&mut st)?;
-            if let Some(r) = check(&mut st) {
-                return Ok(r);
+            if shm {
+                // Rings are memory: look at them on every turn, and at the sockets
+                // (other hosts, doorbells, ends of links) only now and then.
+                self.poll_shm(&mut st);
+                if let Some(r) = check(&mut st) {
+                    return Ok(r);
+                }
             }
-            if start.elapsed() < self.cfg.spin {
+            if !shm || spins.is_multiple_of(SHM_EPOLL_EVERY) {
+                self.poll_once(&mut st)?;
+                if let Some(r) = check(&mut st) {
+                    return Ok(r);
+                }
+            }
+            let spun = start.elapsed();
+            if spun < self.cfg.spin {
                 drop(st);
-                if self.cfg.yield_while_spinning {
+                // Over shared memory a quiet peer answers within a microsecond or two;
+                // past that it is probably waiting for a core (other ranks, other
+                // jobs), so give ours away between looks rather than hold it.
+                if self.cfg.yield_while_spinning || (shm && spun > SHM_PAUSE_SPIN) {
                     std::thread::yield_now();
                 } else {
-                    for _ in 0..32 {
+                    for _ in 0..if shm { 4 } else { 32 } {
                         std::hint::spin_loop();
                     }
                 }
                 st = self.lock();
+                if shm {
+                    spins = spins.wrapping_add(1);
+                    continue;
+                }
                 // Between looks at the whole epoll set, read the peer that spoke last
                 // directly: in a ping-pong that is the one about to answer, and one
                 // `read` is cheaper than `epoll_wait` plus `read`.
@@ -1203,13 +1454,23 @@ impl Engine {
                 continue;
             }
             if !st.poller_busy {
+                if shm && !self.prepare_sleep(&st) {
+                    self.woke(&st);
+                    continue;
+                }
                 st.poller_busy = true;
                 drop(st);
                 // No timeout: every event that can end this wait (a frame, a completion by
-                // another thread, a send to self, a queued frame, teardown) wakes it.
+                // another thread, a send to self, a queued frame, teardown, a doorbell
+                // rung by a same-host peer) wakes it.
                 let r = self.poll.wait(&mut events, -1);
                 st = self.lock();
                 st.poller_busy = false;
+                // Past the spin: every further turn looks at the epoll set too.
+                spins = 0;
+                if shm {
+                    self.woke(&st);
+                }
                 // Hand the poller role (and any completion) to the sleepers.
                 if st.waiters > 0 {
                     self.cv.notify_all();
@@ -1223,6 +1484,7 @@ impl Engine {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 st.waiters -= 1;
+                spins = 0;
             }
         }
     }
@@ -1346,13 +1608,33 @@ impl Transport for Engine {
             return Err(self.lost_error(&st, dest));
         }
         if len <= self.cfg.eager_limit {
-            let h = Header::new(Kind::Eager, ctx, tag, len as u64);
-            Self::push_frame(&mut st, dest, &h.encode(), bytes);
+            let h = Header::new(Kind::Eager, ctx, tag, len as u64).encode();
+            let peer = &mut st.peers[dest];
+            match &peer.shm {
+                // Nothing queued before it: straight into the ring, no queue, no copy
+                // into a send buffer. What does not fit is queued like any frame.
+                Some(link) if peer.txq.is_empty() => {
+                    let n = link.send(&[&h, bytes]);
+                    if n < HDR + len {
+                        let mut rest = Vec::with_capacity(HDR + len - n);
+                        rest.extend_from_slice(&h[n.min(HDR)..]);
+                        rest.extend_from_slice(&bytes[n.saturating_sub(HDR)..]);
+                        peer.txq.push_back(TxItem::Buf(rest));
+                        if !peer.dirty {
+                            peer.dirty = true;
+                            st.dirty.push(dest);
+                        }
+                    }
+                }
+                _ => Self::push_frame(&mut st, dest, &h, bytes),
+            }
             st.reqs
                 .insert(id, Req::Done(Ok(Completion { status, data: None })));
         } else {
             let mut h = Header::new(Kind::Rts, ctx, tag, len as u64);
             h.a = id;
+            // The buffer's address lets a same-host receiver copy the payload itself.
+            h.b = data as u64;
             Self::push_frame(&mut st, dest, &h.encode(), &[]);
             st.reqs.insert(
                 id,
@@ -1364,7 +1646,11 @@ impl Transport for Engine {
                 },
             );
         }
-        if st.poller_busy {
+        if st.peers[dest].shm.is_some() {
+            // A ring write is cheap and needs nobody's help: do it now, so that the
+            // send's `wait` finds it complete.
+            self.flush_dirty(&mut st);
+        } else if st.poller_busy {
             // The sleeping poller flushes the queued frame even if this thread never
             // waits for the request (an eager send is already complete).
             self.poll.wake();
@@ -1402,8 +1688,8 @@ impl Transport for Engine {
             st.reqs.insert(id, Req::Done(Err(Error::Finalized)));
             match u.body {
                 Body::Data(bytes) => Self::deliver(&mut st, id, target, status, bytes),
-                Body::Rts { sreq } => {
-                    self.accept_rts(&mut st, id, target, u.src, u.ctx, u.tag, u.len, sreq)
+                Body::Rts { sreq, addr } => {
+                    self.accept_rts(&mut st, id, target, u.src, u.ctx, u.tag, u.len, sreq, addr)
                 }
             }
             return Ok(id);

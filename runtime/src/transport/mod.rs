@@ -9,7 +9,8 @@
 //! - [`local`]: ranks as threads of one process, linked by Unix socket pairs, so the
 //!   very same engine code runs in tests without a launcher.
 //!
-//! A shared-memory backend plugs in as another kind of link under the same engine.
+//! - [`shm`]: between ranks on one host, shared-memory rings under the same engine,
+//!   the pair's socket kept as doorbell and as the end-of-link signal.
 
 pub mod engine;
 pub mod local;
@@ -17,6 +18,7 @@ pub mod local;
 pub mod mpi;
 pub mod native;
 pub(crate) mod poller;
+pub mod shm;
 pub mod tcp;
 pub mod wire;
 
