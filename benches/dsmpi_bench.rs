@@ -67,8 +67,9 @@ const SIZES: [usize; 7] = [8, 64, 512, 4096, 32768, 262_144, 1_048_576];
 /// Width of a table column: room for a page fault's cell, which adds its p99.
 const COL: usize = 40;
 
-/// Width of a column of the per-algorithm tables (their cells have no p99).
-const ALG_COL: usize = 28;
+/// Width of a column of the per-algorithm tables (their cells have no p99); each cell
+/// is also preceded by a space, so that a wide one never runs into its neighbour.
+const ALG_COL: usize = 30;
 
 /// The operations measured per algorithm, each under its `--ops` name.
 const ALG_OPS: [(&str, &str); 2] = [("bcast", "bcast-algs"), ("allreduce", "allreduce-algs")];
@@ -831,7 +832,7 @@ fn print_algorithms(t: &Table, n: usize, header: &str) {
             println!("\n# {op} per algorithm, {imp} (us: median [p10-p90]) {header}");
             print!("{:<10}", "# Size");
             for (alg, _) in &cols {
-                print!("{alg:>ALG_COL$}");
+                print!(" {alg:>ALG_COL$}");
             }
             println!("{:>20}{:>28}", "choice", "decision / fastest");
             let sizes: std::collections::BTreeSet<usize> =
@@ -842,9 +843,9 @@ fn print_algorithms(t: &Table, n: usize, header: &str) {
                     match by.get(&size) {
                         Some(s) => {
                             let cell = format!("{:.2} [{:.2}-{:.2}]", s.median, s.p10, s.p90);
-                            print!("{cell:>ALG_COL$}");
+                            print!(" {cell:>ALG_COL$}");
                         }
-                        None => print!("{:>ALG_COL$}", "-"),
+                        None => print!(" {:>ALG_COL$}", "-"),
                     }
                 }
                 let at = |alg: &str| {
