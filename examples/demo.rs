@@ -25,9 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .transpose()?
         .unwrap_or(50_000_000);
     println!(
-        "rank {me} of {n} on {} (pid {})",
+        "rank {me} of {n} on {} (pid {}, transport {})",
         world.processor_name(),
-        std::process::id()
+        std::process::id(),
+        world.transport().name()
     );
 
     // 1. π by the midpoint rule, intervals dealt round-robin, summed by allreduce.

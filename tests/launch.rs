@@ -303,3 +303,49 @@ fn forged_connections_do_not_disturb_a_running_job() {
     );
     drop(keep);
 }
+
+/// Ranks on one host talk over shared memory unless `--transport tcp` (or
+/// `DSMPI_TRANSPORT=tcp`) keeps them on the TCP mesh; the launcher gives every rank
+/// the same choice, and the demo's results are the same either way.
+#[test]
+fn transport_flag_chooses_shared_memory_or_tcp() {
+    let demo = example("demo");
+    for (flag, want) in [(None, "shm"), (Some("shm"), "shm"), (Some("tcp"), "tcp")] {
+        let mut cmd = Command::new(dsmexec());
+        cmd.env_remove("DSMPI_TRANSPORT");
+        if let Some(f) = flag {
+            cmd.args(["--transport", f]);
+        }
+        cmd.args(["--timeout", "120", "-n", "3"])
+            .arg(&demo)
+            .arg("100000");
+        let out = cmd.output().expect("running dsmexec");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{flag:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains("transport "))
+            .collect();
+        assert_eq!(lines.len(), 3, "{stdout}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.contains(&format!("transport {want})"))),
+            "{flag:?} should give {want}: {stdout}"
+        );
+    }
+    let out = Command::new(dsmexec())
+        .env("DSMPI_TRANSPORT", "tcp")
+        .args(["--timeout", "120", "-n", "2"])
+        .arg(&demo)
+        .arg("100000")
+        .output()
+        .expect("running dsmexec");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(stdout.matches("transport tcp)").count(), 2, "{stdout}");
+}

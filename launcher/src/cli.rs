@@ -63,6 +63,11 @@ pub struct Cli {
     #[arg(long, value_name = "CMD")]
     pub launch_agent: Option<String>,
 
+    /// How ranks on one host talk: `shm` (shared memory, the default) or `tcp` (the
+    /// TCP mesh for every pair, e.g. to compare). Sets `DSMPI_TRANSPORT` for every rank.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub transport: Option<TransportChoice>,
+
     /// Forward an environment variable to every rank (`VAR` or `VAR=value`).
     #[arg(short = 'x', value_name = "VAR[=VALUE]")]
     pub export: Vec<String>,
@@ -113,6 +118,25 @@ pub struct Cli {
         trailing_var_arg = true
     )]
     pub command: Vec<OsString>,
+}
+
+/// The transport between ranks that share a host (`--transport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportChoice {
+    /// Shared-memory rings (the default).
+    Shm,
+    /// The TCP mesh, as between hosts.
+    Tcp,
+}
+
+impl TransportChoice {
+    /// The value of `DSMPI_TRANSPORT` that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportChoice::Shm => "shm",
+            TransportChoice::Tcp => "tcp",
+        }
+    }
 }
 
 impl Cli {

@@ -224,6 +224,19 @@ impl JobConfig {
             }
             exported.push((OsString::from(k), OsString::from(v)));
         }
+        // Both ends of a same-host pair must agree on shared memory: every rank gets
+        // the transport chosen here (`--transport`, else this environment's).
+        let transport = match cli.transport {
+            Some(t) => Some(t.as_str().to_string()),
+            None => env(dsmpi_runtime::transport::shm::ENV_TRANSPORT),
+        };
+        if let Some(t) = transport {
+            exported.retain(|(k, _)| k != dsmpi_runtime::transport::shm::ENV_TRANSPORT);
+            exported.push((
+                OsString::from(dsmpi_runtime::transport::shm::ENV_TRANSPORT),
+                OsString::from(t),
+            ));
+        }
         let agent_cmd = cli
             .launch_agent
             .clone()

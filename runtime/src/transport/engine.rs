@@ -714,11 +714,10 @@ impl Engine {
                     }
                     let n = link.send(&bufs[..cnt]);
                     if n == 0 {
-                        // Ring full: ask the reader to ring once it has made room,
-                        // unless it already has.
-                        if link.want_room() {
-                            continue;
-                        }
+                        // Ring full: a waiting thread retries as it polls the rings,
+                        // and one about to sleep asks the reader to ring once it has
+                        // made room (`prepare_sleep`), so a reader that keeps up pays
+                        // no doorbell.
                         peer.want_out = true;
                         break;
                     }
