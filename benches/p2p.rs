@@ -1,14 +1,18 @@
-//! Point-to-point over the TCP mesh against raw TCP, measured in the same run.
+//! Point-to-point over the TCP mesh and over shared memory, against raw TCP and a raw
+//! shared-memory flag, measured in the same run.
 //!
 //! - `latency/*`: one-way latency of an 8-byte ping-pong (criterion reports the time
 //!   of one round trip; halve it for one-way).
 //! - `bandwidth/*`: 1 MiB messages streamed one way, 8 in flight, then one ack.
 //! - `rate/*`: 8-byte messages, 64 in flight, then one ack (time per message).
 //!
-//! dsmpi runs as two ranks of one process (`run_local_with(LocalBackend::Tcp, 2)`):
-//! a real TCP mesh on 127.0.0.1 through the same engine as separate processes. The
-//! baseline is two threads on one TCP connection with TCP_NODELAY, busy-polling
-//! non-blocking reads: the best a hand-written socket program does here.
+//! dsmpi runs as two ranks of one process: `dsmpi_tcp_*` over a real TCP mesh on
+//! 127.0.0.1 (`LocalBackend::Tcp`), `dsmpi_shm_*` over the shared-memory rings
+//! (`LocalBackend::Shm`), each through the same engine as separate processes. The
+//! TCP baseline is two threads on one TCP connection with TCP_NODELAY, busy-polling
+//! non-blocking reads: the best a hand-written socket program does here. The
+//! shared-memory floor (`raw_shm_8B_roundtrip`) is two threads bouncing a counter
+//! through one cache line: no message layer at all.
 //!
 //! `cargo bench --bench p2p`
 
@@ -21,11 +25,18 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dsmpi::{run_local_with, scope, wait_all, Communicator, LocalBackend};
 
+/// The dsmpi links measured: name in the benchmark id, and backend.
+const LINKS: [(&str, LocalBackend); 2] = [("tcp", LocalBackend::Tcp), ("shm", LocalBackend::Shm)];
+
 const MIB: usize = 1 << 20;
 
-/// Runs `body(world, iters)` on two TCP-mesh ranks; returns rank 0's measured time.
-fn on_mesh(iters: u64, body: impl Fn(&Communicator, u64) + Sync) -> Duration {
-    let times = run_local_with(LocalBackend::Tcp, 2, |w| {
+/// Runs `body(world, iters)` on two ranks over `backend`; returns rank 0's time.
+fn on_mesh(
+    backend: LocalBackend,
+    iters: u64,
+    body: impl Fn(&Communicator, u64) + Sync,
+) -> Duration {
+    let times = run_local_with(backend, 2, |w| {
         // Warm up the links (and the rendezvous path) before timing.
         body(&w, 3);
         let mut b = [0u8];
@@ -97,20 +108,50 @@ fn on_raw(
 fn latency(c: &mut Criterion) {
     let mut g = c.benchmark_group("latency");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
-    g.bench_function("dsmpi_tcp_8B_roundtrip", |bn| {
+    for (name, backend) in LINKS {
+        g.bench_function(format!("dsmpi_{name}_8B_roundtrip"), |bn| {
+            bn.iter_custom(|iters| {
+                on_mesh(backend, iters, |w, n| {
+                    let mut x = [0u64];
+                    for i in 0..n {
+                        if w.rank() == 0 {
+                            w.send(&[i], 1, 0).expect("send");
+                            w.recv_into(&mut x, 1, 0).expect("recv");
+                        } else {
+                            w.recv_into(&mut x, 0, 0).expect("recv");
+                            w.send(&x, 0, 0).expect("send");
+                        }
+                    }
+                    black_box(x);
+                })
+            })
+        });
+    }
+    g.bench_function("raw_shm_8B_roundtrip", |bn| {
         bn.iter_custom(|iters| {
-            on_mesh(iters, |w, n| {
-                let mut x = [0u64];
-                for i in 0..n {
-                    if w.rank() == 0 {
-                        w.send(&[i], 1, 0).expect("send");
-                        w.recv_into(&mut x, 1, 0).expect("recv");
-                    } else {
-                        w.recv_into(&mut x, 0, 0).expect("recv");
-                        w.send(&x, 0, 0).expect("send");
+            use std::sync::atomic::{AtomicU64, Ordering};
+            // Odd values are pings, even ones pongs.
+            let cell = AtomicU64::new(0);
+            let start = Barrier::new(2);
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    start.wait();
+                    for i in 0..iters {
+                        while cell.load(Ordering::Acquire) != 2 * i + 1 {
+                            std::hint::spin_loop();
+                        }
+                        cell.store(2 * i + 2, Ordering::Release);
+                    }
+                });
+                start.wait();
+                let t = Instant::now();
+                for i in 0..iters {
+                    cell.store(2 * i + 1, Ordering::Release);
+                    while cell.load(Ordering::Acquire) != 2 * i + 2 {
+                        std::hint::spin_loop();
                     }
                 }
-                black_box(x);
+                t.elapsed()
             })
         })
     });
@@ -143,37 +184,39 @@ fn bandwidth(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Bytes((8 * MIB) as u64));
     let window = 8;
-    g.bench_function("dsmpi_tcp_8x1MiB", |bn| {
-        let src = vec![7u8; window * MIB];
-        let dst = std::sync::Mutex::new(vec![0u8; window * MIB]);
-        bn.iter_custom(|iters| {
-            on_mesh(iters, |w, n| {
-                for _ in 0..n {
-                    if w.rank() == 0 {
-                        scope(|s| {
-                            let reqs = src
-                                .chunks(MIB)
-                                .map(|c| w.isend(s, c, 1, 1).expect("isend"))
-                                .collect();
-                            wait_all(reqs).expect("wait");
-                        });
-                        let mut ack = [0u8];
-                        w.recv_into(&mut ack, 1, 2).expect("ack");
-                    } else {
-                        let mut d = dst.lock().expect("dst");
-                        scope(|s| {
-                            let reqs = d
-                                .chunks_mut(MIB)
-                                .map(|c| w.irecv_into(s, c, 0, 1).expect("irecv"))
-                                .collect();
-                            wait_all(reqs).expect("wait");
-                        });
-                        w.send(&[1u8], 0, 2).expect("ack");
+    for (name, backend) in LINKS {
+        g.bench_function(format!("dsmpi_{name}_8x1MiB"), |bn| {
+            let src = vec![7u8; window * MIB];
+            let dst = std::sync::Mutex::new(vec![0u8; window * MIB]);
+            bn.iter_custom(|iters| {
+                on_mesh(backend, iters, |w, n| {
+                    for _ in 0..n {
+                        if w.rank() == 0 {
+                            scope(|s| {
+                                let reqs = src
+                                    .chunks(MIB)
+                                    .map(|c| w.isend(s, c, 1, 1).expect("isend"))
+                                    .collect();
+                                wait_all(reqs).expect("wait");
+                            });
+                            let mut ack = [0u8];
+                            w.recv_into(&mut ack, 1, 2).expect("ack");
+                        } else {
+                            let mut d = dst.lock().expect("dst");
+                            scope(|s| {
+                                let reqs = d
+                                    .chunks_mut(MIB)
+                                    .map(|c| w.irecv_into(s, c, 0, 1).expect("irecv"))
+                                    .collect();
+                                wait_all(reqs).expect("wait");
+                            });
+                            w.send(&[1u8], 0, 2).expect("ack");
+                        }
                     }
-                }
+                })
             })
-        })
-    });
+        });
+    }
     g.bench_function("raw_tcp_8x1MiB", |bn| {
         let src = vec![7u8; window * MIB];
         bn.iter_custom(|iters| {
@@ -204,36 +247,38 @@ fn rate(c: &mut Criterion) {
     g.sample_size(20).measurement_time(Duration::from_secs(4));
     let burst = 64usize;
     g.throughput(Throughput::Elements(burst as u64));
-    g.bench_function("dsmpi_tcp_64x8B", |bn| {
-        bn.iter_custom(|iters| {
-            on_mesh(iters, |w, n| {
-                let out = vec![[5u64]; burst];
-                let mut inb = vec![[0u64]; burst];
-                for _ in 0..n {
-                    if w.rank() == 0 {
-                        scope(|s| {
-                            let reqs = out
-                                .iter()
-                                .map(|m| w.isend(s, m, 1, 3).expect("isend"))
-                                .collect();
-                            wait_all(reqs).expect("wait");
-                        });
-                        let mut ack = [0u8];
-                        w.recv_into(&mut ack, 1, 4).expect("ack");
-                    } else {
-                        scope(|s| {
-                            let reqs = inb
-                                .iter_mut()
-                                .map(|m| w.irecv_into(s, m, 0, 3).expect("irecv"))
-                                .collect();
-                            wait_all(reqs).expect("wait");
-                        });
-                        w.send(&[1u8], 0, 4).expect("ack");
+    for (name, backend) in LINKS {
+        g.bench_function(format!("dsmpi_{name}_64x8B"), |bn| {
+            bn.iter_custom(|iters| {
+                on_mesh(backend, iters, |w, n| {
+                    let out = vec![[5u64]; burst];
+                    let mut inb = vec![[0u64]; burst];
+                    for _ in 0..n {
+                        if w.rank() == 0 {
+                            scope(|s| {
+                                let reqs = out
+                                    .iter()
+                                    .map(|m| w.isend(s, m, 1, 3).expect("isend"))
+                                    .collect();
+                                wait_all(reqs).expect("wait");
+                            });
+                            let mut ack = [0u8];
+                            w.recv_into(&mut ack, 1, 4).expect("ack");
+                        } else {
+                            scope(|s| {
+                                let reqs = inb
+                                    .iter_mut()
+                                    .map(|m| w.irecv_into(s, m, 0, 3).expect("irecv"))
+                                    .collect();
+                                wait_all(reqs).expect("wait");
+                            });
+                            w.send(&[1u8], 0, 4).expect("ack");
+                        }
                     }
-                }
+                })
             })
-        })
-    });
+        });
+    }
     g.bench_function("raw_tcp_64x8B", |bn| {
         bn.iter_custom(|iters| {
             on_raw(
