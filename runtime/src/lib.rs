@@ -9,7 +9,8 @@
 //! - blocking and non-blocking point-to-point on [`bytemuck::Pod`] slices, with MPI's
 //!   matching and ordering rules ([`request`]);
 //! - the [`transport`] layer: one matching/rendezvous engine over byte-stream links
-//!   (a TCP mesh between processes, Unix socket pairs between threads).
+//!   (a TCP mesh between processes, Unix socket pairs between threads), with
+//!   shared-memory rings carrying the frames between ranks on one host.
 //!
 //! ```
 //! use dsmpi_runtime::{run_local, ANY_SOURCE, ANY_TAG};
