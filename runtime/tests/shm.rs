@@ -141,3 +141,26 @@ fn a_sleeping_reader_is_woken_by_the_doorbell() {
     })
     .unwrap();
 }
+
+#[test]
+fn large_messages_stream_through_the_ring_without_cross_memory_attach() {
+    // Where the kernel refuses process_vm_readv, the payload streams through the ring.
+    // `DSMPI_SHM_CMA=0` forces that path; the variable is read at link set-up, so the
+    // large-message test runs again in a child process that has it.
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "large_messages_land_in_posted_and_allocated_receives",
+            "--nocapture",
+        ])
+        .env("DSMPI_SHM_CMA", "0")
+        .output()
+        .expect("running the test binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
