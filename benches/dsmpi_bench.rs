@@ -13,8 +13,10 @@
 //!   127.0.0.1 TCP connection with busy-polling non-blocking sockets (the least a
 //!   TCP-based runtime can cost);
 //! - `dsmpi_bench --compare [-n N]`: runs all of the above in one invocation
-//!   (dsmexec found next to this binary, `mpirun` on PATH, twice: `--mca btl tcp,self`
-//!   and default shared memory) and prints the tables side by side with ratios.
+//!   (dsmexec found next to this binary, twice: `--transport tcp`, the TCP mesh, and
+//!   `--transport shm`, shared-memory links between the ranks of a host, labelled
+//!   `dsmpi-shm`; `mpirun` on PATH, twice: `--mca btl tcp,self` and default shared
+//!   memory) and prints the tables side by side with ratios.
 //!
 //! Method: each measurement runs a warm-up, then `--samples` samples (default 15) of
 //! a size-dependent number of iterations; a sample's time per operation is the
@@ -1086,14 +1088,30 @@ fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>)
         .chain(["--emit".into()])
         .collect();
     match find_dsmexec() {
-        Some(d) => collect(
-            Command::new(d)
-                .args(["-n", &np.to_string()])
-                .arg(&exe)
-                .args(&args),
-            "tcp",
-            &mut t,
-        )?,
+        Some(d) => {
+            // The TCP mesh (`dsmpi-tcp`, the column the targets are about),
+            // forced: dsmexec links ranks of one host through shared memory by default.
+            collect(
+                Command::new(&d)
+                    .args(["--transport", "tcp", "-n", &np.to_string()])
+                    .arg(&exe)
+                    .args(&args),
+                "tcp",
+                &mut t,
+            )?;
+            // Then dsmexec's default, shared-memory links (`dsmpi-shm`); a dsmexec
+            // without them costs this column only.
+            if let Err(e) = collect(
+                Command::new(&d)
+                    .args(["--transport", "shm", "-n", &np.to_string()])
+                    .arg(&exe)
+                    .args(&args),
+                "shm",
+                &mut t,
+            ) {
+                eprintln!("# no dsmpi-shm column: {e}");
+            }
+        }
         None => eprintln!(
             "# dsmexec not found next to {} nor on PATH: build it (cargo build --release -p dsmpi-launcher) for the dsmpi TCP column",
             exe.display()
@@ -1131,6 +1149,7 @@ fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>)
         &[
             ("dsmpi-tcp", "ompi-tcp"),
             ("dsmpi-tcp", "raw-tcp"),
+            ("dsmpi-shm", "ompi-sm"),
             ("dsmpi/ompi-tcp", "ompi-tcp"),
             ("dsmpi/ompi-sm", "ompi-sm"),
             ("native/ompi-sm", "ompi-sm"),
