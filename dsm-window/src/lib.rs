@@ -232,12 +232,6 @@
 //!   fault is missed) and sleeps in `read(2)` on the pipe;
 //! - the **faulting thread** polls its slot for up to the same time, then sleeps on
 //!   the futex;
-//! - an **origin waiting for a reply** (`get`, the fetching and flushing calls, lock
-//!   requests, the fault thread's page fetch) polls for it (`iprobe` on the reply tag,
-//!   `sched_yield` between looks) for up to the same time before it blocks in the
-//!   receive: the runtime's blocking receive busy-waits ~50 µs without yielding its
-//!   core, so a service thread that shares that core (two ranks' threads on one core
-//!   of a loaded machine) would run only after that wait gives up;
 //! - **starvation back-off**: polling pays only when the poller has a core. A
 //!   `sched_yield` that takes longer than 30 µs means another thread wanted this core
 //!   (more busy threads than cores: a loaded machine, many ranks on few cores); a

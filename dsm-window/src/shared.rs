@@ -174,6 +174,9 @@ pub(crate) struct Shared {
     /// Whether some origin holds a passive-target or byte-range lock served here
     /// (the service thread polls longer while one is held).
     locks_held: AtomicBool,
+    /// How long the service and fault threads poll after their last request
+    /// ([`crate::poll::poll_window`]).
+    pub poll: std::time::Duration,
     /// Replies to this rank's own requests, by reply tag (they never touch the wire).
     mailbox: Mutex<HashMap<i32, Vec<u8>>>,
     mail: Condvar,
@@ -237,7 +240,13 @@ fn diff_runs(cur: &[u8], twin: &[u8]) -> Vec<(usize, usize)> {
 }
 
 impl Shared {
-    pub(crate) fn new(comm: Communicator, seg: Segment, geo: Geometry, state: Vec<u8>) -> Self {
+    pub(crate) fn new(
+        comm: Communicator,
+        seg: Segment,
+        geo: Geometry,
+        state: Vec<u8>,
+        poll: std::time::Duration,
+    ) -> Self {
         let batches = (0..geo.n).map(|_| Mutex::new(Vec::new())).collect();
         let owners = (0..geo.total_pages)
             .map(|p| AtomicUsize::new(geo.home_of(p)))
@@ -260,6 +269,7 @@ impl Shared {
             service_error: Mutex::new(None),
             svc: Mutex::new(ServiceState::default()),
             locks_held: AtomicBool::new(false),
+            poll,
             mailbox: Mutex::new(HashMap::new()),
             mail: Condvar::new(),
         }
@@ -352,32 +362,10 @@ impl Shared {
                 mb = self.mail.wait(mb).unwrap_or_else(|p| p.into_inner());
             }
         } else {
-            self.poll_reply(target, tag)?;
             self.comm.recv_vec::<u8>(target, tag)?.0
         };
         proto::parse_reply(target, &v)?;
         Ok(v)
-    }
-
-    /// Polls for a reply (`iprobe`, yielding the core between looks) for up to the
-    /// poll window before the caller blocks in the receive. A blocking receive
-    /// busy-waits on this thread's core without yielding it; when the target's service
-    /// thread shares that core (two ranks' threads on one core of a loaded machine), it
-    /// runs only once that wait gives up. Yielding lets it run at once, and costs one
-    /// `sched_yield` per look when it has a core of its own.
-    fn poll_reply(&self, target: usize, tag: i32) -> Result<()> {
-        let poll = crate::poll::poll_window();
-        if poll.is_zero() {
-            return Ok(());
-        }
-        let start = Instant::now();
-        while start.elapsed() < poll {
-            if self.comm.iprobe(target, tag)?.is_some() {
-                break;
-            }
-            std::thread::yield_now();
-        }
-        Ok(())
     }
 
     /// Sends a request and waits for its reply.
@@ -739,7 +727,7 @@ impl Shared {
     /// Polls (`iprobe`) while the window is busy, sleeps in a blocking receive when
     /// it is not (see [`crate::poll`]).
     pub(crate) fn service_loop(self: Arc<Self>) {
-        let poll = crate::poll::poll_window();
+        let poll = self.poll;
         let lock_poll = poll * crate::poll::LOCK_FACTOR;
         let mut pacer = crate::poll::Pacer::new();
         // Cold at start: the first request wakes the thread.

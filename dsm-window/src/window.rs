@@ -211,7 +211,11 @@ impl Window {
         }
         let app = seg.app_base() as usize;
         let app_len = seg.len();
-        let sh = Arc::new(Shared::new(comm, seg, geo, state));
+        // Ranks of this window on this host: polling pays only with cores to spare.
+        let host = comm.host_of(me).to_string();
+        let local = (0..n).filter(|&r| comm.host_of(r) == host).count();
+        let poll = crate::poll::poll_window(local);
+        let sh = Arc::new(Shared::new(comm, seg, geo, state, poll));
 
         let s2 = sh.clone();
         let service = spawn(format!("dsm-svc-{me}"), move || s2.service_loop())?;
@@ -241,7 +245,7 @@ impl Window {
 
     /// Starts the fault thread and registers the application view with the handler.
     fn start_fault_path(&mut self, app: usize, app_len: usize) -> Result<()> {
-        let (chan, pipe) = FaultChannel::new(crate::poll::poll_window())?;
+        let (chan, pipe) = FaultChannel::new(self.sh.poll)?;
         let chan: Arc<FaultChannel> = Arc::from(chan);
         let (sh, c) = (self.sh.clone(), chan.clone());
         let me = self.rank();
