@@ -14,6 +14,10 @@
 //! shared-memory floor (`raw_shm_8B_roundtrip`) is two threads bouncing a counter
 //! through one cache line: no message layer at all.
 //!
+//! - `overhead/*`: the software cost of one 8-byte round trip, both ranks' engines
+//!   driven by one thread (post, progress, match, complete on each side): no core
+//!   to core transfer and no scheduling, so it holds still on a busy machine.
+//!
 //! `cargo bench --bench p2p`
 
 use std::hint::black_box;
@@ -307,5 +311,93 @@ fn rate(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, latency, bandwidth, rate);
+/// Two engines linked by `backend`'s links, for one thread to drive.
+fn engine_pair(shm: bool) -> [dsmpi::transport::engine::Engine; 2] {
+    use dsmpi::transport::{engine, local, shm as ring};
+    let mesh = local::socketpair_mesh(2).expect("socket pairs");
+    let same = [true, true];
+    let rings: Vec<Vec<Option<ring::ShmLink>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = mesh
+            .iter()
+            .enumerate()
+            .map(|(r, links)| {
+                s.spawn(move || {
+                    if shm {
+                        ring::attach(r, links, &same, Duration::from_secs(30)).expect("attach")
+                    } else {
+                        vec![None, None]
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("attach thread"))
+            .collect()
+    });
+    let cfg = engine::EngineConfig::from_env(2);
+    let mut it = mesh
+        .into_iter()
+        .zip(rings)
+        .enumerate()
+        .map(|(r, (links, rings))| {
+            engine::Engine::with_shm(
+                r,
+                links,
+                rings,
+                vec!["here".into(); 2],
+                "local",
+                cfg.clone(),
+                None,
+            )
+            .expect("engine")
+        });
+    let a = it.next().expect("engine 0");
+    let b = it.next().expect("engine 1");
+    [a, b]
+}
+
+fn overhead(c: &mut Criterion) {
+    use dsmpi::transport::{RecvTarget, Transport};
+    let mut g = c.benchmark_group("overhead");
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    for (name, shm) in [("socket", false), ("shm", true)] {
+        let [a, b] = engine_pair(shm);
+        // One leg: `from` sends 8 bytes, `to` receives them by polling `test`.
+        let leg = |from: &dsmpi::transport::engine::Engine,
+                   to: &dsmpi::transport::engine::Engine,
+                   x: &mut [u8; 8]| {
+            let src = *x;
+            // SAFETY: `src` and `x` outlive both requests, which complete here.
+            unsafe {
+                let r = to
+                    .irecv(
+                        Some(from.rank()),
+                        1,
+                        Some(0),
+                        RecvTarget::Buffer {
+                            ptr: x.as_mut_ptr(),
+                            cap: 8,
+                        },
+                    )
+                    .expect("irecv");
+                let s = from.isend(to.rank(), 1, 0, src.as_ptr(), 8).expect("isend");
+                from.wait(s).expect("send");
+                while to.test(r).expect("test").is_none() {}
+            }
+        };
+        g.bench_function(format!("dsmpi_{name}_8B_roundtrip_one_thread"), |bn| {
+            let mut x = [0u8; 8];
+            bn.iter(|| {
+                leg(&a, &b, &mut x);
+                leg(&b, &a, &mut x);
+                black_box(&x);
+            })
+        });
+        a.abort();
+        b.abort();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, latency, bandwidth, rate, overhead);
 criterion_main!(benches);
