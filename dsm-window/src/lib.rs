@@ -217,31 +217,42 @@
 //! # When the threads poll
 //!
 //! A request that finds the target's service thread asleep pays its wake-up, and a
-//! page fault used to pay two (the fault thread's, then the faulting thread's): 20 to
-//! 100 µs each on the 2-core machine these numbers come from, against 5–10 µs for the
-//! whole exchange between awake threads. A thread that never sleeps costs a core
-//! forever. The policy (module `poll`):
+//! page fault pays two (the fault thread's, then the faulting thread's): about 5 µs
+//! each on an idle core, 20–100 µs on a loaded one. A thread that never sleeps costs
+//! a core forever. The window's threads can therefore poll while the window is busy
+//! (module `poll`):
 //! - the **service thread** polls (`iprobe` on the request tag, `sched_yield` between
-//!   looks) for `DSMPI_WIN_POLL_US` (default **2000 µs**) after the last request it
-//!   served, and 25× as long while some origin holds a passive-target or byte-range
-//!   lock on this rank (an open epoch announces more requests); otherwise it sleeps
-//!   in a blocking receive as before;
-//! - the **fault thread** polls the fault slots for the same time after the last fault
-//!   it served, then announces that it sleeps (a flag the handler reads: the handler
-//!   writes to the pipe only then — a Dekker pair of `SeqCst` stores and loads, so no
-//!   fault is missed) and sleeps in `read(2)` on the pipe;
-//! - the **faulting thread** polls its slot for up to the same time, then sleeps on
+//!   looks) for the poll window after the last request it served, and 25× as long
+//!   while some origin holds a passive-target or byte-range lock on this rank (an open
+//!   epoch announces more requests); otherwise it sleeps in a blocking receive;
+//! - the **fault thread** polls the fault slots for the poll window after the last
+//!   fault it served, then announces that it sleeps (a flag the handler reads: the
+//!   handler writes to the pipe only then — a Dekker pair of `SeqCst` stores and
+//!   loads, so no fault is missed) and sleeps in `read(2)` on the pipe;
+//! - the **faulting thread** polls its slot for up to the poll window, then sleeps on
 //!   the futex;
-//! - **starvation back-off**: polling pays only when the poller has a core. A
-//!   `sched_yield` that takes longer than 30 µs means another thread wanted this core
-//!   (more busy threads than cores: a loaded machine, many ranks on few cores); a
-//!   yielding poller then looks only when that thread stops, later than the kernel
-//!   would have woken a sleeper (a woken thread preempts a spinning one, a yielding one
-//!   does not). The thread stops polling — the service and fault threads for 20 ms,
-//!   the faulting thread for this fault — and sleeps as before.
+//! - **starvation back-off**: a `sched_yield` that takes longer than 30 µs means
+//!   another thread wanted this core; a yielding poller then looks only when that
+//!   thread stops, later than the kernel would have woken a sleeper (a woken thread
+//!   preempts a running one, a yielding one does not). The thread stops polling — the
+//!   service and fault threads for 20 ms, the faulting thread for this fault.
 //!
-//! An idle window therefore costs nothing after 2 ms (50 ms while a lock is held), and
-//! `DSMPI_WIN_POLL_US=0` restores sleeping at once everywhere.
+//! **The poll window**: `DSMPI_WIN_POLL_US` (µs) if set; otherwise 2000 µs when the
+//! host has more than two cores per rank of the window on it, and **0 — sleep at once,
+//! as before — when it has not**. An idle window costs nothing after the poll window
+//! (50 ms while a lock is held); checked by hand: 0.1 ms of CPU over 1 s idle after a
+//! burst of gets and a fault, polling forced on.
+//!
+//! Why off on small hosts: measured on the 2-core machine below, polling made gets and
+//! faults slower, not faster. Every rank already has a thread busy-waiting in the
+//! runtime whenever it waits for a message (the runtime spins ~50 µs before it
+//! sleeps, so back-to-back requests never find a service thread asleep anyway), and
+//! the runtime wakes a sleeping thread of the rank for every message that arrives
+//! whoever polls; a polling window thread takes the core those need. Polling the
+//! *reply* at the origin (`iprobe` + yield instead of the blocking receive) was tried
+//! too and made an 8 B get 50–80 µs instead of 8 µs in processes: the reply is then
+//! read by the rank's sleeping poller thread (a wake-up) instead of by the spinning
+//! receiver. See *Measurements* for the figures.
 //!
 //! # Locks
 //!
@@ -269,6 +280,52 @@
 //! ratios are taken within one run. "raw TCP" is a blocking loopback ping-pong between
 //! two plain threads (it sleeps in `read`, the runtime spins first, hence the runtime
 //! often beats it here).
+//!
+//! **Latency targets and the polling policy** (issue 4: an 8 B get ≤ 1.2× a raw 8 B
+//! TCP round trip, a remote read fault ≤ 2× a 4 KiB get). Built with
+//! `cargo build --release -p dsmpi-window --example window_bench`, then run as
+//! `nice -n -20 target/release/examples/window_bench --local 2` and
+//! `nice -n -20 target/release/dsmexec -n 2 target/release/examples/window_bench`,
+//! the variants alternating, 16 runs each, on the same 2-core machine (other builds
+//! and tests kept its load at 4–12 throughout; `nice` only keeps them from taking
+//! whole time slices). "Before": this crate at commit 5fa66c4 (the threads sleep at
+//! once); "after": this crate's default, which on this host means no polling;
+//! "polling": the same build with `DSMPI_WIN_POLL_US=2000`. Before and after run the
+//! same hand-offs, so their differences are noise.
+//! Every run's medians are bimodal: either both busy threads of an exchange have a
+//! core (the runtime's own 8 B round trip is 4.6 µs in threads, 6.5 µs in processes)
+//! or they share one and every exchange waits out the runtime's 50 µs spin (round trip
+//! 106–109 µs, get 65–125 µs) — about half the runs, whatever the window does. The
+//! table gives medians over the runs of the first kind (n of 16 in brackets); over all
+//! runs every variant's get is 65–70 µs and its read fault 79–129 µs.
+//!
+//! | run (good runs)            | raw TCP 8 B | runtime RTT | get 8 B | get 4 KiB | read fault | write fault | get/raw | fault/get 4K |
+//! |----------------------------|------------:|------------:|--------:|----------:|-----------:|------------:|--------:|-------------:|
+//! | threads, before (8)        | 4.3         | 4.6         | 6.7     | 8.4       | 80         | 72          | 1.6     | 9.5          |
+//! | threads, after (5)         | 4.9         | 4.6         | 6.7     | 8.5       | 80         | 26          | 1.4     | 9.4          |
+//! | threads, polling (4)       | 73          | 4.6         | 25      | 27        | 30         | 65          | —       | 1.1          |
+//! | processes, before (8)      | 4.9         | 6.7         | 8.7     | 10.7      | 71         | 74          | 1.8     | 6.6          |
+//! | processes, after (5)       | 4.3         | 6.5         | 8.4     | 10.3      | 36         | 25          | 2.0     | 3.4          |
+//! | processes, polling (8)     | 4.3         | 6.6         | 8.8     | 10.1      | 132        | 130         | 2.0     | 13           |
+//!
+//! - Neither target is met on this machine. An 8 B get is the runtime's own round
+//!   trip plus 1.5–2 µs (header, service lock, reply), and that round trip is already
+//!   1.1–1.5× the raw one: the 1.2× target needs a faster runtime round trip, not a
+//!   faster window. A read fault in a run where both sides had cores: 23 µs, of which
+//!   13 µs is the fault thread's own page fetch (timed inside the fault thread), so the
+//!   two hand-offs (handler → fault thread → faulting thread) cost ~10 µs — 2.3× a
+//!   4 KiB get; in the other runs the fault thread's fetch itself takes 45–120 µs (it
+//!   is woken onto a core the target's service thread is spinning on).
+//! - Polling forced on removes those hand-offs only when every polling thread has a
+//!   core: in processes it made faults 4× slower (the polling service and fault
+//!   threads take the cores the runtime's wake-ups need), hence the default above.
+//!   Polling the reply at the origin was worse still (get 50–80 µs in processes, see
+//!   *When the threads poll*) and was removed.
+//! - A strided column of 64 × 8 B (one every 64 B) read with one `get_typed`: 13 µs
+//!   in threads, against 426 µs for the same column as 64 8 B gets (one vectored
+//!   request instead of 64 round trips).
+//!
+//! Older figures (same machine, quieter, before this change):
 //!
 //! | run                        | runtime RTT 8 B | get 8 B | get 4 KiB | put 8 B + flush | acc 8 B + flush | read fault | fence | lock+unlock |
 //! |----------------------------|----------------:|--------:|----------:|----------------:|----------------:|-----------:|------:|------------:|
