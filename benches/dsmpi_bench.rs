@@ -23,7 +23,9 @@
 //! slowest rank's (a max-allreduce after the sample, outside the timing), and a
 //! barrier starts every sample. Point-to-point latency is half the ping-pong round
 //! trip between ranks 0 and 1 (OSU's osu_latency); bandwidth is a window of 64
-//! non-blocking sends from 0 to 1 answered by one small message (osu_bw).
+//! non-blocking sends from 0 to 1 answered by one small message (osu_bw); `ring` is
+//! the time of one lap of a token around every rank (each hop waits for the next
+//! rank to run: the test of an oversubscribed host).
 //!
 //! One-sided operations (issue 6) go through a `dsmpi::window::Window`, which rides on
 //! whatever transport the job has (TCP mesh or MPI), from rank 0 to rank 1 while rank 1
@@ -84,9 +86,10 @@ const WINDOW: usize = 64;
 const FAULTS: usize = 2000;
 
 /// The operations, in print order, and whether their figure is a bandwidth.
-const OPS: [(&str, bool); 10] = [
+const OPS: [(&str, bool); 11] = [
     ("latency", false),
     ("bw", true),
+    ("ring", false),
     ("bcast", false),
     ("scatter", false),
     ("alltoall", false),
@@ -229,6 +232,22 @@ fn bench_dsmpi(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
                 Ok(())
             })?;
             record(t, &imp, "latency", size, half(s), o.emit);
+        }
+        if o.wants("ring") && n >= 2 {
+            // One lap of a token around every rank (µs per lap): the oversubscribed
+            // case's test, where each hop needs the next rank to get a core.
+            let (next, prev) = ((me + 1) % n, (me + n - 1) % n);
+            let s = timed(w, o, size, || {
+                if me == 0 {
+                    w.send(&buf, next, 4)?;
+                    w.recv_into(&mut buf, prev, 4)?;
+                } else {
+                    w.recv_into(&mut buf, prev, 4)?;
+                    w.send(&buf, next, 4)?;
+                }
+                Ok(())
+            })?;
+            record(t, &imp, "ring", size, s, o.emit);
         }
         if o.wants("bw") && n >= 2 {
             let mut wins = vec![vec![0u8; size]; WINDOW];
@@ -524,6 +543,30 @@ mod native {
                     Ok(())
                 })?;
                 record(t, imp, "latency", size, half(s), o.emit);
+            }
+            if o.wants("ring") && n >= 2 {
+                let next = c_int::try_from((me + 1) % n)?;
+                let prev = c_int::try_from((me + n - 1) % n)?;
+                let s = timed(w, o, size, || {
+                    let p = buf.as_mut_ptr().cast();
+                    unsafe {
+                        if me == 0 {
+                            ok("MPI_Send", ffi::MPI_Send(p, c, u8t, next, 4, world))?;
+                            ok(
+                                "MPI_Recv",
+                                ffi::MPI_Recv(p, c, u8t, prev, 4, world, status()),
+                            )?;
+                        } else {
+                            ok(
+                                "MPI_Recv",
+                                ffi::MPI_Recv(p, c, u8t, prev, 4, world, status()),
+                            )?;
+                            ok("MPI_Send", ffi::MPI_Send(p, c, u8t, next, 4, world))?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                record(t, imp, "ring", size, s, o.emit);
             }
             if o.wants("bw") && n >= 2 {
                 let mut wins = vec![vec![0u8; size]; WINDOW];
@@ -1165,7 +1208,7 @@ fn compare(np: usize, o: &Opts, passthrough: &[String], plot_dir: Option<&Path>)
 }
 
 const USAGE: &str = "usage: dsmpi_bench [--compare [-n N] [--plot DIR]] [--raw-tcp] [--samples K] [--ops a,b,..] [--max-size BYTES] [--emit]
-  ops: latency bw bcast scatter alltoall allreduce get put accumulate fault bcast-algs allreduce-algs
+  ops: latency bw ring bcast scatter alltoall allreduce get put accumulate fault bcast-algs allreduce-algs
   as ranks: dsmexec -n N dsmpi_bench | mpirun -n N dsmpi_bench (built with --features mpi)";
 
 fn main() -> ExitCode {

@@ -54,6 +54,12 @@ const SHM_EPOLL_EVERY: u32 = 16;
 /// With shared-memory peers, how long a waiter spins on the CPU before it starts
 /// yielding its core between looks at the rings.
 const SHM_PAUSE_SPIN: Duration = Duration::from_micros(5);
+/// The same over sockets, where a loopback round trip takes several microseconds.
+/// Measured with `ex10_1_pingpong` under `dsmexec --transport tcp -n 2` on a busy
+/// 2-core machine: without yielding, runs where the scheduler had put both ranks on
+/// one core took 96 µs per 8-byte round trip (each rank spun out its whole 50 µs
+/// before sleeping) against 7 µs in the others.
+const PAUSE_SPIN: Duration = Duration::from_micros(10);
 
 /// The outstanding requests, by id: a slot vector with a free list. An id is the
 /// slot's index in its low 32 bits and the slot's generation in its high 32, so a
@@ -1469,10 +1475,13 @@ impl Engine {
             let spun = start.elapsed();
             if spun < self.cfg.spin {
                 drop(st);
-                // Over shared memory a quiet peer answers within a microsecond or two;
-                // past that it is probably waiting for a core (other ranks, other
-                // jobs), so give ours away between looks rather than hold it.
-                if self.cfg.yield_while_spinning || (shm && spun > SHM_PAUSE_SPIN) {
+                // A quiet peer answers within a microsecond or two over shared memory,
+                // a few over loopback TCP; past that it is probably waiting for a core
+                // (other ranks, other jobs, or this very core: the scheduler may put
+                // both ranks on one), so give ours away between looks rather than
+                // hold it until the spin ends.
+                let pause_only = if shm { SHM_PAUSE_SPIN } else { PAUSE_SPIN };
+                if self.cfg.yield_while_spinning || spun > pause_only {
                     std::thread::yield_now();
                 } else {
                     for _ in 0..if shm { 4 } else { 32 } {
@@ -1925,7 +1934,10 @@ mod tests {
         assert_eq!(a & 0xffff_ffff, b & 0xffff_ffff, "the slot is reused");
         assert_ne!(a, b, "under a new generation");
         r.insert(a, Req::Done(Err(Error::Finalized)));
-        assert!(r.get(&b).is_none(), "a stale id cannot fill the new request");
+        assert!(
+            r.get(&b).is_none(),
+            "a stale id cannot fill the new request"
+        );
         assert!(r.get(&a).is_none() && r.remove(&a).is_none());
         for forged in [0, NO_REQ, 1 << 40, u64::MAX - 1] {
             assert!(r.get(&forged).is_none(), "{forged:#x}");
