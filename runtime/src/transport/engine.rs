@@ -1445,9 +1445,17 @@ impl Engine {
     }
 
     /// Makes progress until `check` returns `Some`, spinning then sleeping.
-    fn wait_until<R>(&self, mut check: impl FnMut(&mut State) -> Option<R>) -> Result<R> {
+    fn wait_until<R>(&self, check: impl FnMut(&mut State) -> Option<R>) -> Result<R> {
+        self.wait_locked(self.lock(), check)
+    }
+
+    /// [`Engine::wait_until`] for a caller that already holds the lock.
+    fn wait_locked<'g, R>(
+        &'g self,
+        mut st: MutexGuard<'g, State>,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<R> {
         let start = Instant::now();
-        let mut st = self.lock();
         let mut events = Vec::new();
         let mut spins = 0u32;
         let shm = !self.shm_peers.is_empty();
@@ -1785,16 +1793,14 @@ impl Transport for Engine {
     }
 
     fn wait(&self, req: ReqId) -> Result<Completion> {
-        {
-            // Fast path: already complete (eager sends, matched receives).
-            let mut st = self.lock();
-            if st.dirty.is_empty() {
-                if let Some(r) = Self::take_done(&mut st, req) {
-                    return r;
-                }
+        // Fast path: already complete (eager sends, matched receives).
+        let mut st = self.lock();
+        if st.dirty.is_empty() {
+            if let Some(r) = Self::take_done(&mut st, req) {
+                return r;
             }
         }
-        self.wait_until(|st| Self::take_done(st, req))?
+        self.wait_locked(st, |st| Self::take_done(st, req))?
     }
 
     fn wait_any(&self, reqs: &[ReqId]) -> Result<(usize, Result<Completion>)> {

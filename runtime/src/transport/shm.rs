@@ -105,6 +105,9 @@ struct Ring {
     ctl: *const Ctl,
     data: *mut u8,
     cap: usize,
+    /// The producer's last look at `tail`: it reads the shared counter (a cache miss
+    /// once the consumer has moved it) only when this look leaves too little room.
+    tail_seen: std::cell::Cell<u64>,
 }
 
 impl Ring {
@@ -118,7 +121,12 @@ impl Ring {
     fn write(&self, bufs: &[&[u8]]) -> usize {
         let c = self.ctl();
         let head = c.head.load(Ordering::Relaxed);
-        let tail = c.tail.load(Ordering::Acquire);
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut tail = self.tail_seen.get();
+        if self.cap - ((head - tail) as usize) < want {
+            tail = c.tail.load(Ordering::Acquire);
+            self.tail_seen.set(tail);
+        }
         let mut free = self.cap - (head - tail) as usize;
         let mut pos = head;
         for b in bufs {
@@ -236,7 +244,7 @@ pub struct ShmLink {
 
 // SAFETY: the raw pointers point into `_map`, which the link owns; the rings are
 // shared-memory SPSC structures whose side (producer/consumer) is fixed per link, and
-// the engine calls them under its lock.
+// the engine calls them under its lock (which also serializes the `Cell`).
 unsafe impl Send for ShmLink {}
 // SAFETY: as above; all shared state is accessed through atomics.
 unsafe impl Sync for ShmLink {}
@@ -250,6 +258,7 @@ impl ShmLink {
                 ctl: ctl as *const Ctl,
                 data: ctl.add(PAGE),
                 cap,
+                tail_seen: std::cell::Cell::new(0),
             }
         };
         let (a, b) = (ring(0), ring(1));
