@@ -375,6 +375,12 @@ struct State {
     last_peer: Option<usize>,
     /// Calls of `progress`, to look at the epoll set every few of them.
     progress_calls: u32,
+    /// Bumped whenever bytes move on a link: a waiter keeps polling while they do.
+    moved: u64,
+    /// Until when a same-host peer is probably still copying a rendezvous payload
+    /// out of this rank's memory (cross-memory attach): the sender sees nothing move
+    /// meanwhile, yet its answer comes soon, so it polls until then.
+    peer_copying_until: Option<Instant>,
     finalized: bool,
 }
 
@@ -501,6 +507,8 @@ impl Engine {
                 first_lost: None,
                 last_peer: None,
                 progress_calls: 0,
+                moved: 0,
+                peer_copying_until: None,
                 finalized: false,
             }),
             cv: Condvar::new(),
@@ -736,6 +744,7 @@ impl Engine {
     fn flush_peer(&self, st: &mut State, p: usize) {
         let mut done_reqs: Vec<ReqId> = Vec::new();
         let mut failure: Option<String> = None;
+        let mut wrote = false;
         {
             let peer = &mut st.peers[p];
             if peer.lost.is_some() || peer.fd.is_none() {
@@ -779,6 +788,7 @@ impl Engine {
                         break;
                     }
                     Self::advance_tx(peer, n, &mut done_reqs);
+                    wrote = true;
                     continue;
                 }
                 // SAFETY: a zeroed msghdr is valid; iov points at `cnt` initialized iovecs.
@@ -807,6 +817,7 @@ impl Engine {
                     }
                 }
                 Self::advance_tx(peer, r as usize, &mut done_reqs);
+                wrote = true;
             }
             // A ring's reader rings when it makes room; a socket's writability was
             // watched in epoll and no longer needs to be.
@@ -816,6 +827,9 @@ impl Engine {
             {
                 peer.want_out = false;
             }
+        }
+        if wrote {
+            st.moved = st.moved.wrapping_add(1);
         }
         for req in done_reqs {
             if let Some(Req::SendData { dest, tag, len }) = st.reqs.get(&req) {
@@ -926,6 +940,7 @@ impl Engine {
             }
             let n = r as usize;
             st.last_peer = Some(p);
+            st.moved = st.moved.wrapping_add(1);
             let peer = &mut st.peers[p];
             drained = n < direct.map_or(RBUF, |(_, _, left)| left);
             if direct.is_some() {
@@ -1455,10 +1470,11 @@ impl Engine {
         mut st: MutexGuard<'g, State>,
         mut check: impl FnMut(&mut State) -> Option<R>,
     ) -> Result<R> {
-        let start = Instant::now();
+        let mut start = Instant::now();
         let mut events = Vec::new();
         let mut spins = 0u32;
         let shm = !self.shm_peers.is_empty();
+        let mut seen = st.moved;
         loop {
             // Queued frames first: an eager send is complete once written, and needs
             // no look at the sockets.
@@ -1480,7 +1496,22 @@ impl Engine {
                     return Ok(r);
                 }
             }
-            let spun = start.elapsed();
+            // The spin counts from the last time bytes moved: a long transfer keeps
+            // its waiter polling (each wake-up from sleep costs tens of µs), and the
+            // sleep comes after `spin` of silence.
+            if st.moved != seen {
+                seen = st.moved;
+                start = Instant::now();
+            }
+            let mut spun = start.elapsed();
+            if let Some(until) = st.peer_copying_until {
+                let now = Instant::now();
+                if now < until {
+                    spun = spun.min(self.cfg.spin / 2);
+                } else {
+                    st.peer_copying_until = None;
+                }
+            }
             if spun < self.cfg.spin {
                 drop(st);
                 // A quiet peer answers within a microsecond or two over shared memory,
@@ -1710,6 +1741,11 @@ impl Transport for Engine {
             h.a = id;
             // The buffer's address lets a same-host receiver copy the payload itself.
             h.b = data as u64;
+            if st.peers[dest].shm.as_ref().is_some_and(|l| l.cma()) {
+                // Allow the copy 1 ns a byte (it runs at ~10 GB/s), at most 20 ms.
+                let until = Instant::now() + Duration::from_nanos(len.min(20_000_000) as u64);
+                st.peer_copying_until = Some(st.peer_copying_until.map_or(until, |u| u.max(until)));
+            }
             Self::push_frame(&mut st, dest, &h.encode(), &[]);
             st.reqs.insert(
                 id,
