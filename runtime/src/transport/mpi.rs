@@ -1167,6 +1167,35 @@ fn v_layout(
     Ok((ints(counts, "a count")?, ints(displs, "a displacement")?))
 }
 
+/// The root's side of gatherv/scatterv: its `counts`/`displs` checked by [`v_layout`]
+/// against its buffer of `len` bytes, and its own block against the `own` bytes it
+/// contributes (`verb`: "sends" or "receives"). Away from the root MPI ignores the
+/// counts but is handed arrays of `n` anyway: zeros.
+#[allow(clippy::too_many_arguments)]
+fn rooted_v_layout(
+    what: &str,
+    verb: &str,
+    me: usize,
+    root: usize,
+    counts: &[usize],
+    displs: &[usize],
+    n: usize,
+    len: usize,
+    own: usize,
+) -> Result<(Vec<c_int>, Vec<c_int>)> {
+    if me != root {
+        return Ok((vec![0; n], vec![0; n]));
+    }
+    let layout = v_layout(what, counts, displs, n, len)?;
+    if counts[me] != own {
+        return Err(native_arg(format!(
+            "{what}: the root {verb} {own} bytes but counts {} for itself",
+            counts[me]
+        )));
+    }
+    Ok(layout)
+}
+
 fn check_root(root: usize, n: usize) -> Result<c_int> {
     if root >= n {
         return Err(Error::RankOutOfRange {
@@ -1497,20 +1526,17 @@ impl NativeCollectives for MpiTransport {
         let root_c = check_root(root, n)?;
         let me = scope_rank(&scope, self.rank, self.size)?;
         let scount = count_of(send.len(), "a gatherv block")?;
-        // Away from the root MPI ignores the counts, but is handed arrays of n anyway.
-        let (rcounts, rdispls) = if me == root {
-            let (c, d) = v_layout("gatherv", counts, displs, n, recv.len())?;
-            if counts[me] != send.len() {
-                return Err(native_arg(format!(
-                    "gatherv: the root sends {} bytes but counts {} for itself",
-                    send.len(),
-                    counts[me]
-                )));
-            }
-            (c, d)
-        } else {
-            (vec![0; n], vec![0; n])
-        };
+        let (rcounts, rdispls) = rooted_v_layout(
+            "gatherv",
+            "sends",
+            me,
+            root,
+            counts,
+            displs,
+            n,
+            recv.len(),
+            send.len(),
+        )?;
         let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
         let (cp, dp) = (rcounts.as_ptr(), rdispls.as_ptr());
         self.run_native(&scope, "MPI_Igatherv", |comm, req| {
@@ -1547,19 +1573,17 @@ impl NativeCollectives for MpiTransport {
         let root_c = check_root(root, n)?;
         let me = scope_rank(&scope, self.rank, self.size)?;
         let rcount = count_of(recv.len(), "a scatterv block")?;
-        let (scounts, sdispls) = if me == root {
-            let (c, d) = v_layout("scatterv", counts, displs, n, send.len())?;
-            if counts[me] != recv.len() {
-                return Err(native_arg(format!(
-                    "scatterv: the root receives {} bytes but counts {} for itself",
-                    recv.len(),
-                    counts[me]
-                )));
-            }
-            (c, d)
-        } else {
-            (vec![0; n], vec![0; n])
-        };
+        let (scounts, sdispls) = rooted_v_layout(
+            "scatterv",
+            "receives",
+            me,
+            root,
+            counts,
+            displs,
+            n,
+            send.len(),
+            recv.len(),
+        )?;
         let (sp, rp) = (send.as_ptr(), recv.as_mut_ptr());
         let (cp, dp) = (scounts.as_ptr(), sdispls.as_ptr());
         self.run_native(&scope, "MPI_Iscatterv", |comm, req| {
