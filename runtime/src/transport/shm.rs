@@ -449,48 +449,19 @@ fn create_memfd(len: usize) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Writes all of `buf` to a blocking-or-not socket before `deadline`.
-fn write_all(fd: RawFd, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
-    while !buf.is_empty() {
-        wait_fd(fd, libc::POLLOUT, deadline)?;
-        // SAFETY: writing from a live slice.
-        let r = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(
-                e.kind(),
-                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-            ) {
-                continue;
-            }
-            return Err(e);
-        }
-        buf = &buf[r as usize..];
-    }
-    Ok(())
-}
-
-/// Reads exactly `buf.len()` bytes before `deadline`.
-fn read_exact(fd: RawFd, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
-    let mut got = 0;
-    while got < buf.len() {
-        wait_fd(fd, libc::POLLIN, deadline)?;
-        // SAFETY: reading into the unfilled tail of a live slice.
-        let r = unsafe {
-            libc::recv(
-                fd,
-                buf[got..].as_mut_ptr().cast(),
-                buf.len() - got,
-                libc::MSG_DONTWAIT,
-            )
-        };
+/// Moves `len` bytes through a set-up socket before `deadline`: `step(done)` makes
+/// one non-blocking system call for the bytes from `done` on and returns its result.
+fn io_exact(
+    fd: RawFd,
+    len: usize,
+    events: libc::c_short,
+    deadline: Instant,
+    mut step: impl FnMut(usize) -> isize,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        wait_fd(fd, events, deadline)?;
+        let r = step(done);
         if r < 0 {
             let e = io::Error::last_os_error();
             if matches!(
@@ -507,9 +478,40 @@ fn read_exact(fd: RawFd, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
                 "the peer closed its link during shared-memory set-up",
             ));
         }
-        got += r as usize;
+        done += r as usize;
     }
     Ok(())
+}
+
+/// Writes all of `buf` to a set-up socket before `deadline`.
+fn write_all(fd: RawFd, buf: &[u8], deadline: Instant) -> io::Result<()> {
+    io_exact(fd, buf.len(), libc::POLLOUT, deadline, |done| {
+        // SAFETY: sending from the unsent tail of a live slice.
+        unsafe {
+            libc::send(
+                fd,
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        }
+    })
+}
+
+/// Reads exactly `buf.len()` bytes before `deadline`.
+fn read_exact(fd: RawFd, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let len = buf.len();
+    io_exact(fd, len, libc::POLLIN, deadline, |done| {
+        // SAFETY: reading into the unfilled tail of a live slice.
+        unsafe {
+            libc::recv(
+                fd,
+                buf[done..].as_mut_ptr().cast(),
+                len - done,
+                libc::MSG_DONTWAIT,
+            )
+        }
+    })
 }
 
 fn wait_fd(fd: RawFd, events: libc::c_short, deadline: Instant) -> io::Result<()> {
