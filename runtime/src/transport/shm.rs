@@ -418,6 +418,19 @@ fn cma_enabled_by_env() -> bool {
     )
 }
 
+/// Under Yama's `ptrace_scope = 1` (Ubuntu's default) only an ancestor may read a
+/// process's memory, so the peers' `process_vm_readv` would be refused. Open MPI
+/// answers this as done here: the rank declares any process of its user a permitted
+/// reader (`PR_SET_PTRACER_ANY`). Elsewhere (no Yama, or scope 0) nothing changes;
+/// with `DSMPI_SHM_CMA=0` this is not done at all.
+fn allow_peer_reads() {
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok();
+    if scope.as_deref().map(str::trim) == Some("1") {
+        // SAFETY: prctl with integer arguments only; failure leaves CMA to its probe.
+        unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
+    }
+}
+
 fn random_cookie() -> [u8; 16] {
     let mut c = [0u8; 16];
     // SAFETY: getrandom into a 16-byte stack buffer.
@@ -585,6 +598,9 @@ pub fn attach(
     let deadline = Instant::now() + timeout;
     let debug = std::env::var_os("DSMPI_DEBUG").is_some();
     let cma = cma_enabled_by_env();
+    if cma {
+        allow_peer_reads();
+    }
     let my_pid = std::process::id();
     let sock = |p: usize| links[p].as_ref().map(|f| f.as_raw_fd());
     let fail = |p: usize, what: &str, e: io::Error| {
