@@ -1,7 +1,10 @@
 //! The matching and rendezvous engine shared by every byte-stream transport.
 //!
 //! One engine per rank owns one non-blocking stream socket per peer (TCP for the mesh,
-//! Unix socket pairs for ranks-as-threads). It implements MPI's point-to-point rules:
+//! Unix socket pairs for ranks-as-threads). Between ranks on one host, a pair of
+//! shared-memory rings ([`super::shm`]) carries the same frames instead, and the
+//! socket only rings doorbells and tells when the peer is gone. It implements MPI's
+//! point-to-point rules:
 //!
 //! - **Matching.** Posted receives wait in post order; arrived messages nobody asked
 //!   for wait in arrival order in the *unexpected* queue. A new message takes the
@@ -17,10 +20,13 @@
 //! - **Coalescing.** Frames queue per peer and leave in one `sendmsg` of many iovecs;
 //!   small ones are copied into a shared buffer so a burst of small sends costs a few
 //!   system calls, not one each.
-//! - **Progress** happens inside calls, under one lock. A waiting thread first spins on
-//!   `epoll_wait(0)` for `spin` (a blocking wake-up costs ~25–30 µs against ~4 µs
-//!   busy-polled on this machine), then one waiter sleeps in `epoll_wait` while the
-//!   others sleep on a condition variable; whoever completes a request wakes them.
+//! - **Progress** happens inside calls, under one lock. A waiting thread first polls
+//!   (the rings on every turn, `epoll_wait(0)` on the sockets) for `spin` counted from
+//!   the last time bytes moved (a blocking wake-up costs ~25–30 µs against ~4 µs
+//!   busy-polled on this machine), giving its core away between looks once the answer
+//!   is late (5 µs over rings, 10 µs over sockets); then one waiter sleeps in
+//!   `epoll_wait` while the others sleep on a condition variable; whoever completes a
+//!   request wakes them.
 //! - **Failure.** A socket that closes without a `BYE` marks its rank lost: every
 //!   request that involves it fails with [`Error::PeerLost`], and so does every later
 //!   one, instead of hanging.
@@ -140,7 +146,7 @@ impl Reqs {
 pub struct EngineConfig {
     /// Largest message sent eagerly; larger ones use the rendezvous.
     pub eager_limit: usize,
-    /// How long a waiting thread busy-polls before it sleeps.
+    /// How long a waiting thread polls, with nothing moving, before it sleeps.
     pub spin: Duration,
     /// Whether a polling thread yields its core between polls (more ranks than cores
     /// on this host): the rank it waits for may need that core to send.
