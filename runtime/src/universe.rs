@@ -397,7 +397,7 @@ pub enum LocalBackend {
     /// A real TCP mesh on 127.0.0.1, built with the job-token handshake, so that the
     /// `tcp` backend can be tested without launching processes.
     Tcp,
-    /// Shared-memory rings (the [`shm`](crate::transport::shm) links), with Unix
+    /// Shared-memory rings (the [`crate::transport::shm`] links), with Unix
     /// socket pairs as doorbells: what ranks on one host use.
     Shm,
 }
