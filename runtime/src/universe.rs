@@ -278,10 +278,9 @@ fn init_inner() -> Result<Universe> {
     let links = tcp::build_mesh(rank, &token, &listener, &addrs, connect_timeout)?;
     // Ranks the launcher placed on this host talk through shared memory; the launcher
     // gives every rank the same `DSMPI_TRANSPORT`, so both ends of a pair agree.
-    let same_host: Vec<bool> = hosts
-        .iter()
-        .map(|h| shm::enabled_by_env() && *h == host)
-        .collect();
+    let local: Vec<bool> = hosts.iter().map(|h| *h == host).collect();
+    tcp::size_local_buffers(&links, &local);
+    let same_host: Vec<bool> = local.iter().map(|&l| l && shm::enabled_by_env()).collect();
     let rings = shm::attach(rank, &links, &same_host, connect_timeout)?;
     let engine = Engine::with_shm(
         rank,
@@ -525,9 +524,11 @@ where
                 .zip(listeners)
                 .enumerate()
                 .map(|(r, (links, l))| {
+                    let links = links?;
+                    tcp::size_local_buffers(&links, &vec![true; n]);
                     Engine::new(
                         r,
-                        links?,
+                        links,
                         hosts.clone(),
                         "tcp",
                         cfg.clone(),
