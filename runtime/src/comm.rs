@@ -70,6 +70,9 @@ struct Inner {
     /// Number of `dup`/`split` calls made on this group, to derive child contexts
     /// identically on every member without communication.
     seq: Arc<AtomicU64>,
+    /// The library plane of a user-plane communicator, made on first use: every
+    /// collective call asks for it, and making it costs an allocation.
+    lib: std::sync::OnceLock<Arc<Inner>>,
 }
 
 /// A group of ranks with a private context, on which messages are sent.
@@ -150,6 +153,7 @@ impl Communicator {
                 group: Arc::new(Group::new((0..n).collect(), n)),
                 rank,
                 seq: Arc::new(AtomicU64::new(0)),
+                lib: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -208,15 +212,17 @@ impl Communicator {
         if self.is_library() {
             return self.clone();
         }
-        Communicator {
-            inner: Arc::new(Inner {
+        let lib = self.inner.lib.get_or_init(|| {
+            Arc::new(Inner {
                 transport: self.inner.transport.clone(),
                 ctx: self.inner.ctx | 1,
                 group: self.inner.group.clone(),
                 rank: self.inner.rank,
                 seq: self.inner.seq.clone(),
-            }),
-        }
+                lib: std::sync::OnceLock::new(),
+            })
+        });
+        Communicator { inner: lib.clone() }
     }
 
     /// A new communicator with the same ranks and a new context (MPI_Comm_dup).
@@ -232,6 +238,7 @@ impl Communicator {
                 group: self.inner.group.clone(),
                 rank: self.inner.rank,
                 seq: Arc::new(AtomicU64::new(0)),
+                lib: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -276,6 +283,7 @@ impl Communicator {
                 group: Arc::new(Group::new(world_of, self.inner.transport.size())),
                 rank,
                 seq: Arc::new(AtomicU64::new(0)),
+                lib: std::sync::OnceLock::new(),
             }),
         }))
     }
