@@ -704,11 +704,14 @@ impl Engine {
             }
             Target::Buf(..) => None,
             Target::Alloc => {
-                let mut heap = vec![0u8; len];
-                // SAFETY: `heap` has `len` writable bytes.
+                let mut heap = Vec::with_capacity(len);
+                // SAFETY: `heap` has room for `len` bytes; they count as its contents
+                // only once the read has filled them all.
                 unsafe { link.cma_read(heap.as_mut_ptr(), addr, len) }
                     .ok()
                     .map(|()| {
+                        // SAFETY: the read filled all `len` bytes.
+                        unsafe { heap.set_len(len) };
                         Ok(Completion {
                             status,
                             data: Some(heap),
@@ -1078,7 +1081,8 @@ impl Engine {
                         self.expect_payload(st, p, Sink::Discard, len, Then::Fail { req, err });
                     }
                     Some((req, Target::Alloc)) => {
-                        let mut heap = vec![0u8; len];
+                        // Filled through the sink, then given its length (no zeroing).
+                        let mut heap = Vec::with_capacity(len);
                         let ptr = Ptr(heap.as_mut_ptr());
                         st.reqs.insert(
                             req,
@@ -1102,7 +1106,8 @@ impl Engine {
                         );
                     }
                     None => {
-                        let mut data = vec![0u8; len];
+                        // Filled through the sink, then given its length.
+                        let mut data = Vec::with_capacity(len);
                         let ptr = Ptr(data.as_mut_ptr());
                         self.expect_payload(
                             st,
@@ -1191,7 +1196,8 @@ impl Engine {
                             },
                         ),
                         Target::Alloc => {
-                            let mut heap = vec![0u8; len];
+                            // Filled through the sink, then given its length (no zeroing).
+                            let mut heap = Vec::with_capacity(len);
                             let ptr = Ptr(heap.as_mut_ptr());
                             self.expect_payload(
                                 st,
@@ -1217,12 +1223,26 @@ impl Engine {
 
     fn finish_payload(&self, st: &mut State, p: usize) {
         let rx = std::mem::replace(&mut st.peers[p].rx, Rx::header());
-        let Rx::Payload { then, .. } = rx else { return };
+        let Rx::Payload { then, len, got, .. } = rx else {
+            return;
+        };
+        // Heap sinks are made with capacity only; the payload is whole now (finish
+        // comes at got == len), so its bytes become the contents.
+        debug_assert_eq!(got, len);
+        let whole = |mut v: Vec<u8>| {
+            if got == len && v.capacity() >= len {
+                // SAFETY: the sink wrote bytes 0..len of this allocation.
+                unsafe { v.set_len(len) };
+            }
+            v
+        };
         match then {
             Then::Recv { req, status, heap } => {
+                let heap = heap.map(whole);
                 Self::finish(st, req, Ok(Completion { status, data: heap }));
             }
             Then::Unexpected { ctx, tag, data } => {
+                let data = whole(data);
                 let status = RawStatus {
                     source: p,
                     tag,
