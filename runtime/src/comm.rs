@@ -371,23 +371,21 @@ impl Communicator {
     }
 
     fn send_internal<T: Pod>(&self, buf: &[T], dest: usize, tag: Tag) -> Result<()> {
-        // SAFETY: `buf` is borrowed for this whole call, and the request is waited for
-        // (to completion or error) before returning.
-        let id = unsafe { self.post_send(bytemuck::cast_slice(buf), dest, tag)? };
-        self.inner.transport.wait(id).map(|_| ())
+        let dest = self.dest_world(dest)?;
+        self.inner
+            .transport
+            .send(dest, self.inner.ctx, tag, bytemuck::cast_slice(buf))
     }
 
     fn recv_internal<T: Pod>(&self, buf: &mut [T], source: usize, tag: Tag) -> Result<Status> {
         let tag = if tag == ANY_TAG { None } else { Some(tag) };
-        // SAFETY: `buf` is exclusively borrowed for this whole call and the request is
-        // waited for before returning.
-        let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(buf), source, tag)? };
-        let c = self
+        let src = self.source_world(source)?;
+        let raw = self
             .inner
             .transport
-            .wait(id)
+            .recv(src, self.inner.ctx, tag, bytemuck::cast_slice_mut(buf))
             .map_err(|e| self.localize(e))?;
-        let st = self.status_of(c.status);
+        let st = self.status_of(raw);
         if !st.bytes.is_multiple_of(std::mem::size_of::<T>().max(1)) {
             return Err(Error::ElementSize {
                 bytes: st.bytes,

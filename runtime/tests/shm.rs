@@ -164,3 +164,56 @@ fn large_messages_stream_through_the_ring_without_cross_memory_attach() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_blocking_receive_never_jumps_an_earlier_claim() {
+    // The blocking receive takes eager messages straight off the ring. It must still
+    // leave a message to a receive posted before it, take an earlier unexpected
+    // message before a later one waiting in the ring, and report a truncation.
+    run_local_with(LocalBackend::Shm, 2, |w| {
+        if w.rank() == 0 {
+            for (i, tag) in [(1u32, 5), (2, 5), (3, 6), (4, 5), (5, 7)] {
+                w.send(&[i], 1, tag).unwrap();
+            }
+            // Rank 1 has read all of the above off its ring.
+            w.recv_into(&mut [0u32], 1, 9).unwrap();
+            w.send(&[6u32], 1, 6).unwrap();
+            w.send(&[10u32, 11], 1, 8).unwrap();
+            w.send(&[12u32], 1, 8).unwrap();
+        } else {
+            let mut early = [0u32];
+            let mut x = [0u32];
+            dsmpi_runtime::scope(|s| {
+                // Posted first: takes message 1, although the blocking receive below
+                // asks for the same source and tag.
+                let r = w.irecv_into(s, &mut early, 0, 5).unwrap();
+                let st = w.recv_into(&mut x, 0, 5).unwrap();
+                assert_eq!((x[0], st.tag()), (2, 5));
+                r.wait().unwrap();
+            });
+            assert_eq!(early[0], 1);
+            // Tag 7 first: messages 3 and 4 become unexpected on the way.
+            let st = w.recv_into(&mut x, 0, 7).unwrap();
+            assert_eq!((x[0], st.tag()), (5, 7));
+            w.send(&[0u32], 0, 9).unwrap();
+            // Message 6 gets into the ring meanwhile (were it not there yet, the
+            // check below would pass without testing anything, never fail).
+            std::thread::sleep(Duration::from_millis(200));
+            // Message 3, unexpected, comes before message 6 from the ring.
+            let st = w.recv_into(&mut x, 0, dsmpi_runtime::ANY_TAG).unwrap();
+            assert_eq!((x[0], st.tag()), (3, 6));
+            let st = w.recv_into(&mut x, 0, 5).unwrap();
+            assert_eq!((x[0], st.tag()), (4, 5));
+            let st = w.recv_into(&mut x, 0, 6).unwrap();
+            assert_eq!((x[0], st.tag()), (6, 6));
+            // Two elements into one: an error naming the sizes, and the link goes on.
+            match w.recv_into(&mut x, 0, 8) {
+                Err(Error::Truncated { .. }) => {}
+                other => panic!("expected a truncation, got {other:?}"),
+            }
+            let st = w.recv_into(&mut x, 0, 8).unwrap();
+            assert_eq!((x[0], st.bytes()), (12, 4));
+        }
+    })
+    .unwrap();
+}

@@ -235,6 +235,16 @@ enum Req {
     Done(Result<Completion>),
 }
 
+/// What [`Engine::take_from_ring`] found.
+enum RingTake {
+    /// The message, now in the buffer.
+    Got(RawStatus),
+    /// No whole frame yet: look again.
+    Nothing,
+    /// Something the general path must handle (or no ring at all).
+    Elsewhere,
+}
+
 #[derive(Debug)]
 enum Body {
     Data(Vec<u8>),
@@ -1620,6 +1630,103 @@ impl Engine {
         }
     }
 
+    /// Writes an eager frame straight into `dest`'s ring when nothing is queued ahead
+    /// of it (no queue, no copy into a send buffer); what does not fit is queued like
+    /// any frame. Returns `false`, having done nothing, for a peer without a ring or
+    /// with frames queued.
+    fn eager_into_ring(st: &mut State, dest: usize, h: &[u8; HDR], bytes: &[u8]) -> bool {
+        let peer = &mut st.peers[dest];
+        let link = match &peer.shm {
+            Some(link) if peer.txq.is_empty() => link,
+            _ => return false,
+        };
+        let n = link.send(&[h, bytes]);
+        if n < HDR + bytes.len() {
+            let mut rest = Vec::with_capacity(HDR + bytes.len() - n);
+            rest.extend_from_slice(&h[n.min(HDR)..]);
+            rest.extend_from_slice(&bytes[n.saturating_sub(HDR)..]);
+            peer.txq.push_back(TxItem::Buf(rest));
+            if !peer.dirty {
+                peer.dirty = true;
+                st.dirty.push(dest);
+            }
+        }
+        true
+    }
+
+    /// The blocking receive's fast path: takes the next frame of `s`'s ring straight
+    /// into `buf` when it is an eager message this receive matches and nothing ahead
+    /// of it (an unexpected message, a posted receive, bytes half-read by the general
+    /// path) has a claim on it. No request, no read buffer, no header copy beyond one
+    /// look. Anything else is left to the general path, which keeps every rule.
+    fn take_from_ring(
+        st: &mut State,
+        s: usize,
+        ctx: u64,
+        tag: Option<Tag>,
+        buf: &mut [u8],
+    ) -> RingTake {
+        let peer = &st.peers[s];
+        let link = match &peer.shm {
+            Some(link)
+                if peer.lost.is_none()
+                    && peer.rpos >= peer.rlen
+                    && matches!(peer.rx, Rx::Header { got: 0, .. }) =>
+            {
+                link
+            }
+            _ => return RingTake::Elsewhere,
+        };
+        // An earlier message already taken off the ring comes first.
+        if !st.unexpected.is_empty() && Self::find_unexpected(st, Some(s), ctx, tag).is_some() {
+            return RingTake::Elsewhere;
+        }
+        let avail = link.available();
+        if avail < HDR {
+            return RingTake::Nothing;
+        }
+        let mut hb = [0u8; HDR];
+        // SAFETY: `hb` has HDR bytes and the ring holds at least HDR unread ones.
+        unsafe { link.peek(0, hb.as_mut_ptr(), HDR) };
+        let h = match Header::decode(&hb) {
+            // A corrupt header is the general path's to report.
+            Some(h) if h.kind == Kind::Eager => h,
+            _ => return RingTake::Elsewhere,
+        };
+        let len = h.len as usize;
+        // A longer message is a truncation, which the general path reports.
+        if !Self::matches(Some(s), ctx, tag, s, h.ctx, h.tag) || len > buf.len() {
+            return RingTake::Elsewhere;
+        }
+        if avail - HDR < len {
+            return RingTake::Nothing;
+        }
+        // A receive posted earlier that matches this message takes it first.
+        let claimed = st.posted.iter().any(|id| match st.reqs.get(id) {
+            Some(Req::Posted {
+                src,
+                ctx: c,
+                tag: t,
+                ..
+            }) => Self::matches(*src, *c, *t, s, h.ctx, h.tag),
+            _ => false,
+        });
+        if claimed {
+            return RingTake::Elsewhere;
+        }
+        // SAFETY: `buf` has `len <= buf.len()` bytes, and the ring holds the whole
+        // frame (`HDR + len <= avail`).
+        unsafe { link.peek(HDR, buf.as_mut_ptr(), len) };
+        link.consume(HDR + len);
+        st.last_peer = Some(s);
+        st.moved = st.moved.wrapping_add(1);
+        RingTake::Got(RawStatus {
+            source: s,
+            tag: h.tag,
+            bytes: len,
+        })
+    }
+
     fn take_done(st: &mut State, req: ReqId) -> Option<Result<Completion>> {
         match st.reqs.get(&req) {
             Some(Req::Done(_)) => match st.reqs.remove(&req) {
@@ -1741,24 +1848,8 @@ impl Transport for Engine {
         }
         if len <= self.cfg.eager_limit {
             let h = Header::new(Kind::Eager, ctx, tag, len as u64).encode();
-            let peer = &mut st.peers[dest];
-            match &peer.shm {
-                // Nothing queued before it: straight into the ring, no queue, no copy
-                // into a send buffer. What does not fit is queued like any frame.
-                Some(link) if peer.txq.is_empty() => {
-                    let n = link.send(&[&h, bytes]);
-                    if n < HDR + len {
-                        let mut rest = Vec::with_capacity(HDR + len - n);
-                        rest.extend_from_slice(&h[n.min(HDR)..]);
-                        rest.extend_from_slice(&bytes[n.saturating_sub(HDR)..]);
-                        peer.txq.push_back(TxItem::Buf(rest));
-                        if !peer.dirty {
-                            peer.dirty = true;
-                            st.dirty.push(dest);
-                        }
-                    }
-                }
-                _ => Self::push_frame(&mut st, dest, &h, bytes),
+            if !Self::eager_into_ring(&mut st, dest, &h, bytes) {
+                Self::push_frame(&mut st, dest, &h, bytes);
             }
             st.reqs
                 .insert(id, Req::Done(Ok(Completion { status, data: None })));
@@ -1846,6 +1937,72 @@ impl Transport for Engine {
         );
         st.posted.push_back(id);
         Ok(id)
+    }
+
+    fn send(&self, dest: usize, ctx: u64, tag: Tag, data: &[u8]) -> Result<()> {
+        // Fast path: a small message to a same-host peer with nothing queued ahead of
+        // it is complete once it is in the ring; no request is made.
+        if dest < self.n && dest != self.me && data.len() <= self.cfg.eager_limit {
+            let mut st = self.lock();
+            self.check_open(&st)?;
+            if st.peers[dest].lost.is_none() {
+                let h = Header::new(Kind::Eager, ctx, tag, data.len() as u64).encode();
+                if Self::eager_into_ring(&mut st, dest, &h, data) {
+                    self.flush_dirty(&mut st);
+                    return Ok(());
+                }
+            }
+        }
+        // SAFETY: `data` is borrowed for this whole call and the request is waited
+        // for (to completion or error) before returning.
+        let id = unsafe { self.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
+        self.wait(id).map(|_| ())
+    }
+
+    fn recv(
+        &self,
+        src: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+        buf: &mut [u8],
+    ) -> Result<RawStatus> {
+        // Fast path: from a same-host peer, take the message straight off its ring,
+        // polling the ring alone for as long as a quiet peer takes to answer. Past
+        // that, or when anything else has a claim on the message (or frames of ours
+        // wait to go out), the general path posts a request and waits.
+        if let Some(s) = src.filter(|&s| s < self.n && s != self.me) {
+            let mut started: Option<Instant> = None;
+            loop {
+                let mut st = self.lock();
+                self.check_open(&st)?;
+                match Self::take_from_ring(&mut st, s, ctx, tag, buf) {
+                    RingTake::Got(status) => return Ok(status),
+                    RingTake::Elsewhere => break,
+                    RingTake::Nothing if !st.dirty.is_empty() => break,
+                    RingTake::Nothing => {}
+                }
+                drop(st);
+                let t0 = *started.get_or_insert_with(Instant::now);
+                if t0.elapsed() > SHM_PAUSE_SPIN {
+                    break;
+                }
+                if self.cfg.yield_while_spinning {
+                    std::thread::yield_now();
+                } else {
+                    for _ in 0..4 {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
+        let target = RecvTarget::Buffer {
+            ptr: buf.as_mut_ptr(),
+            cap: buf.len(),
+        };
+        // SAFETY: `buf` is exclusively borrowed for this whole call and the request
+        // is waited for before returning.
+        let id = unsafe { self.irecv(src, ctx, tag, target)? };
+        self.wait(id).map(|c| c.status)
     }
 
     fn test(&self, req: ReqId) -> Result<Option<Completion>> {

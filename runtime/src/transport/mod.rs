@@ -107,6 +107,42 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         target: RecvTarget,
     ) -> Result<ReqId>;
 
+    /// Sends `data` to world rank `dest` and returns once `data` may be reused (a
+    /// blocking standard-mode send).
+    ///
+    /// The default posts [`Transport::isend`] and waits; a backend overrides it when a
+    /// send that needs no request is cheaper (a small message into a shared-memory
+    /// ring).
+    fn send(&self, dest: usize, ctx: u64, tag: Tag, data: &[u8]) -> Result<()> {
+        // SAFETY: `data` is borrowed for this whole call and the request is waited
+        // for (to completion or error) before returning.
+        let id = unsafe { self.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
+        self.wait(id).map(|_| ())
+    }
+
+    /// Receives one message from world rank `source` (`None`: any) with `tag`
+    /// (`None`: any) into `buf`, blocking until it is there (a longer message is an
+    /// [`crate::Error::Truncated`]).
+    ///
+    /// The default posts [`Transport::irecv`] and waits; a backend overrides it when
+    /// taking a message that is already there needs no request.
+    fn recv(
+        &self,
+        source: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+        buf: &mut [u8],
+    ) -> Result<RawStatus> {
+        let target = RecvTarget::Buffer {
+            ptr: buf.as_mut_ptr(),
+            cap: buf.len(),
+        };
+        // SAFETY: `buf` is exclusively borrowed for this whole call and the request
+        // is waited for before returning.
+        let id = unsafe { self.irecv(source, ctx, tag, target)? };
+        self.wait(id).map(|c| c.status)
+    }
+
     /// Completes `req` if it is done (freeing it), else `Ok(None)`. Makes progress.
     fn test(&self, req: ReqId) -> Result<Option<Completion>>;
 

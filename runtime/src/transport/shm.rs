@@ -184,6 +184,37 @@ impl Ring {
         let c = self.ctl();
         c.head.load(Ordering::Acquire) != c.tail.load(Ordering::Relaxed)
     }
+
+    /// Bytes published and not yet read. Consumer only.
+    fn avail(&self) -> usize {
+        let c = self.ctl();
+        (c.head.load(Ordering::Acquire) - c.tail.load(Ordering::Relaxed)) as usize
+    }
+
+    /// Copies `n` unread bytes starting `skip` bytes past the tail into `dst`,
+    /// without consuming them. Consumer only.
+    ///
+    /// # Safety
+    /// `dst` must have `n` writable bytes, and `skip + n` must not exceed
+    /// [`Ring::avail`] as last seen by this consumer.
+    unsafe fn peek(&self, skip: usize, dst: *mut u8, n: usize) {
+        let tail = self.ctl().tail.load(Ordering::Relaxed);
+        let off = ((tail + skip as u64) as usize) & (self.cap - 1);
+        let first = n.min(self.cap - off);
+        // SAFETY: the bytes are published (the caller saw them in `avail`, whose
+        // acquire load orders these reads) and stay put until the tail moves.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(off), dst, first);
+            std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
+        }
+    }
+
+    /// Consumes `n` bytes. Consumer only; `n` must not exceed [`Ring::avail`].
+    fn advance(&self, n: usize) {
+        let c = self.ctl();
+        let tail = c.tail.load(Ordering::Relaxed);
+        c.tail.store(tail + n as u64, Ordering::Release);
+    }
 }
 
 /// A mapping of the pair's memfd; unmapped on drop.
@@ -306,6 +337,35 @@ impl ShmLink {
             }
         }
         n
+    }
+
+    /// Unread bytes in the incoming ring.
+    pub fn available(&self) -> usize {
+        self.rx.avail()
+    }
+
+    /// Copies `n` unread bytes, `skip` bytes past the read position, into `dst`
+    /// without consuming them: a reader looks at a frame's header in place and takes
+    /// the frame only if it is the one it wants.
+    ///
+    /// # Safety
+    /// `dst` must have `n` writable bytes and `skip + n` must not exceed what
+    /// [`ShmLink::available`] last returned.
+    pub unsafe fn peek(&self, skip: usize, dst: *mut u8, n: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { self.rx.peek(skip, dst, n) }
+    }
+
+    /// Consumes `n` bytes already looked at with [`ShmLink::peek`] (at most what
+    /// [`ShmLink::available`] last returned), ringing the peer's doorbell if it waits
+    /// for room.
+    pub fn consume(&self, n: usize) {
+        self.rx.advance(n);
+        fence(Ordering::SeqCst);
+        let c = self.rx.ctl();
+        if c.waiting.load(Ordering::Relaxed) != 0 && c.waiting.swap(0, Ordering::AcqRel) != 0 {
+            self.ring_doorbell();
+        }
     }
 
     /// Whether the incoming ring holds bytes.
