@@ -449,6 +449,19 @@ impl Communicator {
         source: usize,
         recvtag: Tag,
     ) -> Result<Status> {
+        // A send the transport buffers at once cannot wait for the peer's own
+        // send-and-receive: send it, then receive, each on its blocking fast path
+        // (collectives exchange mostly small messages this way).
+        let bytes = std::mem::size_of_val(sendbuf);
+        if self
+            .inner
+            .transport
+            .buffered_send_limit()
+            .is_some_and(|limit| bytes <= limit)
+        {
+            self.send(sendbuf, dest, sendtag)?;
+            return self.recv_into(recvbuf, source, recvtag);
+        }
         crate::request::scope(|s| {
             let r = self.irecv_into(s, recvbuf, source, recvtag)?;
             let w = self.isend(s, sendbuf, dest, sendtag)?;

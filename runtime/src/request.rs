@@ -44,23 +44,48 @@ impl std::fmt::Debug for Scope<'_> {
     }
 }
 
-type Pending = RefCell<Vec<(Arc<dyn Transport>, ReqId)>>;
+/// The requests of a scope not yet completed through their handles: slots with a
+/// free list, so that adding and settling one costs the same however many are in
+/// flight (a window of 64 sends settled in order used to scan the list each time).
+#[derive(Default)]
+struct PendingList {
+    slots: Vec<Option<(Arc<dyn Transport>, ReqId)>>,
+    free: Vec<usize>,
+}
 
-/// Takes a completed request off its scope's list.
-fn remove_pending(pending: &Pending, t: &Arc<dyn Transport>, id: ReqId) {
-    let mut p = pending.borrow_mut();
-    if let Some(i) = p
-        .iter()
-        .position(|(pt, pid)| *pid == id && Arc::ptr_eq(pt, t))
-    {
-        p.swap_remove(i);
+impl PendingList {
+    fn add(&mut self, t: Arc<dyn Transport>, id: ReqId) -> usize {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i] = Some((t, id));
+                i
+            }
+            None => {
+                self.slots.push(Some((t, id)));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            if s.take().is_some() {
+                self.free.push(slot);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
     }
 }
+
+type Pending = RefCell<PendingList>;
 
 impl Scope<'_> {
     fn complete_all(&self) {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        for (t, id) in pending {
+        for (t, id) in pending.slots.into_iter().flatten() {
             // Errors have no one to go to here; what matters is that the transport
             // has let go of the buffer, which `wait` guarantees either way.
             let _ = t.wait(id);
@@ -78,7 +103,7 @@ pub fn scope<'a, R>(f: impl FnOnce(&Scope<'a>) -> R) -> R {
         }
     }
     let s = Scope {
-        pending: RefCell::new(Vec::new()),
+        pending: RefCell::new(PendingList::default()),
         _buffers: PhantomData,
     };
     let g = Guard(&s);
@@ -91,6 +116,8 @@ pub fn scope<'a, R>(f: impl FnOnce(&Scope<'a>) -> R) -> R {
 #[must_use = "a request is waited for when dropped; wait for it to see its result"]
 pub struct Request<'s> {
     scope: &'s Pending,
+    /// This request's slot in its scope's list.
+    slot: usize,
     comm: Communicator,
     id: ReqId,
     done: bool,
@@ -104,12 +131,10 @@ impl std::fmt::Debug for Request<'_> {
 
 impl<'s> Request<'s> {
     pub(crate) fn new<'a>(scope: &'s Scope<'a>, comm: Communicator, id: ReqId) -> Request<'s> {
-        scope
-            .pending
-            .borrow_mut()
-            .push((comm.transport().clone(), id));
+        let slot = scope.pending.borrow_mut().add(comm.transport().clone(), id);
         Request {
             scope: &scope.pending,
+            slot,
             comm,
             id,
             done: false,
@@ -118,7 +143,7 @@ impl<'s> Request<'s> {
 
     fn settle(&mut self) {
         self.done = true;
-        remove_pending(self.scope, self.comm.transport(), self.id);
+        self.scope.borrow_mut().remove(self.slot);
     }
 
     /// Blocks until the operation completes.
@@ -160,14 +185,38 @@ impl Drop for Request<'_> {
 
 /// Waits for every request; returns their statuses in order, or the first error
 /// (after all have completed).
-pub fn wait_all(reqs: Vec<Request<'_>>) -> Result<Vec<Status>> {
+pub fn wait_all(mut reqs: Vec<Request<'_>>) -> Result<Vec<Status>> {
     let mut out = Vec::with_capacity(reqs.len());
     let mut first_err = None;
-    for r in reqs {
-        match r.wait() {
-            Ok(s) => out.push(s),
-            Err(e) => {
-                first_err.get_or_insert(e);
+    let one_transport = reqs.first().map(|r| r.comm.transport().clone());
+    match one_transport {
+        // The usual case: one transport completes them all in one call (one lock,
+        // one progress loop) instead of one wait each.
+        Some(t) if reqs.iter().all(|r| Arc::ptr_eq(r.comm.transport(), &t)) => {
+            let ids: Vec<ReqId> = reqs.iter().map(|r| r.id).collect();
+            // On a failure of waiting itself, the requests are left to their drop,
+            // which waits for each.
+            let results = t.wait_all(&ids)?;
+            for r in reqs.iter_mut() {
+                r.settle();
+            }
+            for (r, res) in reqs.iter().zip(results) {
+                match res {
+                    Ok(c) => out.push(r.comm.status_of(c.status)),
+                    Err(e) => {
+                        first_err.get_or_insert(r.comm.localize(e));
+                    }
+                }
+            }
+        }
+        _ => {
+            for r in reqs {
+                match r.wait() {
+                    Ok(s) => out.push(s),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
         }
     }

@@ -472,3 +472,43 @@ fn a_one_gib_message_arrives_whole() {
     })
     .unwrap();
 }
+
+#[test]
+fn wait_all_completes_out_of_order_and_reports_the_first_error_after_all() {
+    on_all(2, |w| {
+        if w.rank() == 0 {
+            // Tags 2, 1, 0: the receives below complete last-first.
+            for t in [2, 1, 0] {
+                w.send(&[t as u32; 3], 1, t).unwrap();
+            }
+            // Then a message too long for its receive, between two good ones.
+            w.send(&[7u32], 1, 5).unwrap();
+            w.send(&[8u32, 8], 1, 6).unwrap();
+            w.send(&[9u32], 1, 7).unwrap();
+        } else {
+            let mut bufs = [[0u32; 3]; 3];
+            let sts = scope(|s| {
+                let reqs = bufs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(t, b)| w.irecv_into(s, b, 0, t as i32).unwrap())
+                    .collect();
+                wait_all(reqs).unwrap()
+            });
+            assert_eq!(sts.iter().map(|s| s.tag()).collect::<Vec<_>>(), [0, 1, 2]);
+            assert_eq!(bufs, [[0; 3], [1; 3], [2; 3]]);
+            let (mut a, mut b, mut c) = ([0u32], [0u32], [0u32]);
+            let r = scope(|s| {
+                let reqs = vec![
+                    w.irecv_into(s, &mut a, 0, 5).unwrap(),
+                    w.irecv_into(s, &mut b, 0, 6).unwrap(),
+                    w.irecv_into(s, &mut c, 0, 7).unwrap(),
+                ];
+                wait_all(reqs)
+            });
+            assert!(matches!(r, Err(Error::Truncated { .. })), "{r:?}");
+            // The good ones completed all the same.
+            assert_eq!((a[0], c[0]), (7, 9));
+        }
+    });
+}

@@ -1939,6 +1939,11 @@ impl Transport for Engine {
         Ok(id)
     }
 
+    fn buffered_send_limit(&self) -> Option<usize> {
+        // An eager send is complete once its frame is written or queued.
+        Some(self.cfg.eager_limit)
+    }
+
     fn send(&self, dest: usize, ctx: u64, tag: Tag, data: &[u8]) -> Result<()> {
         // Fast path: a small message to a same-host peer with nothing queued ahead of
         // it is complete once it is in the ring; no request is made.
@@ -2020,6 +2025,27 @@ impl Transport for Engine {
             }
         }
         self.wait_locked(st, |st| Self::take_done(st, req))?
+    }
+
+    fn wait_all(&self, reqs: &[ReqId]) -> Result<Vec<Result<Completion>>> {
+        let mut out: Vec<Option<Result<Completion>>> = Vec::with_capacity(reqs.len());
+        out.resize_with(reqs.len(), || None);
+        // Requests mostly complete in order: each look starts at the first one
+        // still open.
+        let mut first = 0;
+        let st = self.lock();
+        self.wait_locked(st, |st| {
+            for (i, &id) in reqs.iter().enumerate().skip(first) {
+                if out[i].is_none() {
+                    out[i] = Self::take_done(st, id);
+                }
+                if out[i].is_some() && i == first {
+                    first += 1;
+                }
+            }
+            (first == reqs.len()).then_some(())
+        })?;
+        Ok(out.into_iter().flatten().collect())
     }
 
     fn wait_any(&self, reqs: &[ReqId]) -> Result<(usize, Result<Completion>)> {

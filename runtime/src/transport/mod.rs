@@ -143,11 +143,30 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         self.wait(id).map(|c| c.status)
     }
 
+    /// The largest message whose send completes without any help from its receiver
+    /// (buffered at once, whatever the receiver does), if the backend promises one.
+    ///
+    /// A send-and-receive of at most this many bytes can send first and then
+    /// receive without risking a deadlock. `None` (the default) promises nothing.
+    fn buffered_send_limit(&self) -> Option<usize> {
+        None
+    }
+
     /// Completes `req` if it is done (freeing it), else `Ok(None)`. Makes progress.
     fn test(&self, req: ReqId) -> Result<Option<Completion>>;
 
     /// Blocks until `req` completes, then frees it.
     fn wait(&self, req: ReqId) -> Result<Completion>;
+
+    /// Blocks until every one of `reqs` completes, frees them, and returns their
+    /// outcomes in order. The outer error is a failure of waiting itself; the
+    /// requests it leaves unfinished must still be waited for.
+    ///
+    /// The default waits for each in turn; a backend overrides it to complete them
+    /// all in one pass.
+    fn wait_all(&self, reqs: &[ReqId]) -> Result<Vec<Result<Completion>>> {
+        Ok(reqs.iter().map(|&r| self.wait(r)).collect())
+    }
 
     /// Blocks until one of `reqs` completes (successfully or not), frees it, and
     /// returns its index and outcome. The outer error is a failure of waiting itself.
