@@ -310,7 +310,9 @@ impl ShmLink {
         let n = self.tx.write(bufs);
         if n > 0 {
             // Pairs with the fence in `prepare_sleep`: either the sleeper sees our
-            // bytes when it re-checks, or we see its flag here.
+            // bytes when it re-checks, or we see its flag here. (Dropping this fence
+            // was measured: no change in the 64 x 8 B rate, so the race it would
+            // open is not worth having.)
             fence(Ordering::SeqCst);
             let c = self.tx.ctl();
             if c.sleeping.load(Ordering::Relaxed) != 0 && c.sleeping.swap(0, Ordering::AcqRel) != 0
