@@ -414,11 +414,15 @@ impl Communicator {
     pub fn recv_vec<T: Pod>(&self, source: usize, tag: Tag) -> Result<(Vec<T>, Status)> {
         let tag = check_recv_tag(tag)?;
         let src = self.source_world(source)?;
-        let t = &self.inner.transport;
-        // SAFETY: Allocate targets borrow no caller memory.
-        let id = unsafe { t.irecv(src, self.inner.ctx, tag, RecvTarget::Allocate)? };
-        let c = t.wait(id).map_err(|e| self.localize(e))?;
-        self.vec_of(c)
+        let (data, status) = self
+            .inner
+            .transport
+            .recv_alloc(src, self.inner.ctx, tag)
+            .map_err(|e| self.localize(e))?;
+        self.vec_of(Completion {
+            status,
+            data: Some(data),
+        })
     }
 
     pub(crate) fn vec_of<T: Pod>(&self, c: Completion) -> Result<(Vec<T>, Status)> {

@@ -217,3 +217,34 @@ fn a_blocking_receive_never_jumps_an_earlier_claim() {
     })
     .unwrap();
 }
+
+#[test]
+fn any_source_receives_keep_each_senders_order_and_lose_nothing() {
+    // Any-source receives (into buffers and into allocations) take frames off every
+    // ring in turn: each sender's messages must still come in its order, all of them.
+    let per = 2000u32;
+    run_local_with(LocalBackend::Shm, 4, |w| {
+        let n = w.size();
+        if w.rank() == 0 {
+            let mut next = vec![0u32; n];
+            for i in 0..(n as u32 - 1) * per {
+                let (src, v) = if i % 2 == 0 {
+                    let (v, st) = w.recv_vec::<u32>(dsmpi_runtime::ANY_SOURCE, 3).unwrap();
+                    (st.source(), v)
+                } else {
+                    let mut b = [0u32; 2];
+                    let st = w.recv_into(&mut b, dsmpi_runtime::ANY_SOURCE, 3).unwrap();
+                    (st.source(), b[..st.bytes() / 4].to_vec())
+                };
+                assert_eq!(v, vec![src as u32, next[src]], "message from {src}");
+                next[src] += 1;
+            }
+            assert!(next[1..].iter().all(|&k| k == per), "{next:?}");
+        } else {
+            for k in 0..per {
+                w.send(&[w.rank() as u32, k], 0, 3).unwrap();
+            }
+        }
+    })
+    .unwrap();
+}

@@ -242,10 +242,18 @@ enum Req {
     Done(Result<Completion>),
 }
 
+/// Where a blocking receive's fast path puts a message.
+enum Dst<'a> {
+    /// The caller's buffer.
+    Buf(&'a mut [u8]),
+    /// A new allocation of the message's size.
+    Alloc,
+}
+
 /// What [`Engine::take_from_ring`] found.
 enum RingTake {
-    /// The message, now in the buffer.
-    Got(RawStatus),
+    /// The message, now in the buffer (or in the allocation, returned here).
+    Got(RawStatus, Option<Vec<u8>>),
     /// No whole frame yet: look again.
     Nothing,
     /// Something the general path must handle (or no ring at all).
@@ -1671,7 +1679,7 @@ impl Engine {
         s: usize,
         ctx: u64,
         tag: Option<Tag>,
-        buf: &mut [u8],
+        dst: &mut Dst<'_>,
     ) -> RingTake {
         let peer = &st.peers[s];
         let link = match &peer.shm {
@@ -1702,7 +1710,8 @@ impl Engine {
         };
         let len = h.len as usize;
         // A longer message is a truncation, which the general path reports.
-        if !Self::matches(Some(s), ctx, tag, s, h.ctx, h.tag) || len > buf.len() {
+        let too_long = matches!(dst, Dst::Buf(b) if len > b.len());
+        if !Self::matches(Some(s), ctx, tag, s, h.ctx, h.tag) || too_long {
             return RingTake::Elsewhere;
         }
         if avail - HDR < len {
@@ -1721,17 +1730,119 @@ impl Engine {
         if claimed {
             return RingTake::Elsewhere;
         }
-        // SAFETY: `buf` has `len <= buf.len()` bytes, and the ring holds the whole
-        // frame (`HDR + len <= avail`).
-        unsafe { link.peek(HDR, buf.as_mut_ptr(), len) };
+        let heap = match dst {
+            Dst::Buf(b) => {
+                // SAFETY: `b` has `len <= b.len()` bytes, and the ring holds the whole
+                // frame (`HDR + len <= avail`).
+                unsafe { link.peek(HDR, b.as_mut_ptr(), len) };
+                None
+            }
+            Dst::Alloc => {
+                let mut v = Vec::with_capacity(len);
+                // SAFETY: `v` has capacity `len`, all of which the peek writes before
+                // the length is set; the ring holds the whole frame.
+                unsafe {
+                    link.peek(HDR, v.as_mut_ptr(), len);
+                    v.set_len(len);
+                }
+                Some(v)
+            }
+        };
         link.consume(HDR + len);
         st.last_peer = Some(s);
         st.moved = st.moved.wrapping_add(1);
-        RingTake::Got(RawStatus {
-            source: s,
-            tag: h.tag,
-            bytes: len,
-        })
+        RingTake::Got(
+            RawStatus {
+                source: s,
+                tag: h.tag,
+                bytes: len,
+            },
+            heap,
+        )
+    }
+
+    /// [`Engine::take_from_ring`] for a receive from `src`, or from any source when
+    /// every other rank is a same-host peer (rings are looked at in turn, starting
+    /// after the one that spoke last; messages from different senders have no order
+    /// among them).
+    fn take_from_rings(
+        &self,
+        st: &mut State,
+        src: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+        dst: &mut Dst<'_>,
+    ) -> RingTake {
+        match src {
+            Some(s) if s < self.n && s != self.me => Self::take_from_ring(st, s, ctx, tag, dst),
+            Some(_) => RingTake::Elsewhere,
+            None => {
+                if self.shm_peers.len() + 1 != self.n
+                    || Self::find_unexpected(st, None, ctx, tag).is_some()
+                {
+                    return RingTake::Elsewhere;
+                }
+                let k = self.shm_peers.len();
+                let after = st
+                    .last_peer
+                    .and_then(|p| self.shm_peers.iter().position(|&q| q == p))
+                    .map_or(0, |i| i + 1);
+                for i in 0..k {
+                    let p = self.shm_peers[(after + i) % k];
+                    match Self::take_from_ring(st, p, ctx, tag, dst) {
+                        RingTake::Nothing => {}
+                        other => return other,
+                    }
+                }
+                RingTake::Nothing
+            }
+        }
+    }
+
+    /// The blocking receives' fast path: polls the rings alone (see
+    /// [`Engine::take_from_rings`]) for as long as a quiet same-host peer takes to
+    /// answer. `None` when the general path must take over: past that time, when
+    /// anything else has a claim on the message, or when frames of ours wait to go
+    /// out.
+    fn fast_recv(
+        &self,
+        src: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+        dst: &mut Dst<'_>,
+    ) -> Result<Option<(RawStatus, Option<Vec<u8>>)>> {
+        if self.shm_peers.is_empty() {
+            return Ok(None);
+        }
+        let mut started: Option<Instant> = None;
+        let mut turns = 0u32;
+        loop {
+            let mut st = self.lock();
+            self.check_open(&st)?;
+            match self.take_from_rings(&mut st, src, ctx, tag, dst) {
+                RingTake::Got(status, heap) => return Ok(Some((status, heap))),
+                RingTake::Elsewhere => return Ok(None),
+                RingTake::Nothing if !st.dirty.is_empty() => return Ok(None),
+                RingTake::Nothing => {}
+            }
+            drop(st);
+            // The clock is read every 16th look: a look costs ~50 ns, a clock read
+            // about as much on a VM.
+            if turns.is_multiple_of(16) {
+                let t0 = *started.get_or_insert_with(Instant::now);
+                if t0.elapsed() > SHM_PAUSE_SPIN {
+                    return Ok(None);
+                }
+            }
+            turns = turns.wrapping_add(1);
+            if self.cfg.yield_while_spinning {
+                std::thread::yield_now();
+            } else {
+                // One PAUSE (~140 cycles on recent x86): a frame that lands meanwhile
+                // is seen within ~50 ns.
+                std::hint::spin_loop();
+            }
+        }
     }
 
     fn take_done(st: &mut State, req: ReqId) -> Option<Result<Completion>> {
@@ -1978,40 +2089,8 @@ impl Transport for Engine {
         tag: Option<Tag>,
         buf: &mut [u8],
     ) -> Result<RawStatus> {
-        // Fast path: from a same-host peer, take the message straight off its ring,
-        // polling the ring alone for as long as a quiet peer takes to answer. Past
-        // that, or when anything else has a claim on the message (or frames of ours
-        // wait to go out), the general path posts a request and waits.
-        if let Some(s) = src.filter(|&s| s < self.n && s != self.me) {
-            let mut started: Option<Instant> = None;
-            let mut turns = 0u32;
-            loop {
-                let mut st = self.lock();
-                self.check_open(&st)?;
-                match Self::take_from_ring(&mut st, s, ctx, tag, buf) {
-                    RingTake::Got(status) => return Ok(status),
-                    RingTake::Elsewhere => break,
-                    RingTake::Nothing if !st.dirty.is_empty() => break,
-                    RingTake::Nothing => {}
-                }
-                drop(st);
-                // The clock is read every 16th look: a look costs ~50 ns, a clock
-                // read about as much on a VM.
-                if turns.is_multiple_of(16) {
-                    let t0 = *started.get_or_insert_with(Instant::now);
-                    if t0.elapsed() > SHM_PAUSE_SPIN {
-                        break;
-                    }
-                }
-                turns = turns.wrapping_add(1);
-                if self.cfg.yield_while_spinning {
-                    std::thread::yield_now();
-                } else {
-                    // One PAUSE (~140 cycles on recent x86): a frame that lands
-                    // meanwhile is seen within ~50 ns.
-                    std::hint::spin_loop();
-                }
-            }
+        if let Some((status, _)) = self.fast_recv(src, ctx, tag, &mut Dst::Buf(buf))? {
+            return Ok(status);
         }
         let target = RecvTarget::Buffer {
             ptr: buf.as_mut_ptr(),
@@ -2021,6 +2100,21 @@ impl Transport for Engine {
         // is waited for before returning.
         let id = unsafe { self.irecv(src, ctx, tag, target)? };
         self.wait(id).map(|c| c.status)
+    }
+
+    fn recv_alloc(
+        &self,
+        src: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+    ) -> Result<(Vec<u8>, RawStatus)> {
+        if let Some((status, heap)) = self.fast_recv(src, ctx, tag, &mut Dst::Alloc)? {
+            return Ok((heap.unwrap_or_default(), status));
+        }
+        // SAFETY: an Allocate target borrows no caller memory.
+        let id = unsafe { self.irecv(src, ctx, tag, RecvTarget::Allocate)? };
+        self.wait(id)
+            .map(|c| (c.data.unwrap_or_default(), c.status))
     }
 
     fn test(&self, req: ReqId) -> Result<Option<Completion>> {

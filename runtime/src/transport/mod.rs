@@ -152,6 +152,23 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Receives one message from world rank `source` (`None`: any) with `tag`
+    /// (`None`: any) into a new allocation of its size, blocking until it is there.
+    ///
+    /// The default posts [`Transport::irecv`] with [`RecvTarget::Allocate`] and
+    /// waits; a backend overrides it like [`Transport::recv`].
+    fn recv_alloc(
+        &self,
+        source: Option<usize>,
+        ctx: u64,
+        tag: Option<Tag>,
+    ) -> Result<(Vec<u8>, RawStatus)> {
+        // SAFETY: an Allocate target borrows no caller memory.
+        let id = unsafe { self.irecv(source, ctx, tag, RecvTarget::Allocate)? };
+        self.wait(id)
+            .map(|c| (c.data.unwrap_or_default(), c.status))
+    }
+
     /// Completes `req` if it is done (freeing it), else `Ok(None)`. Makes progress.
     fn test(&self, req: ReqId) -> Result<Option<Completion>>;
 
