@@ -509,6 +509,43 @@ fn wait_all_completes_out_of_order_and_reports_the_first_error_after_all() {
             assert!(matches!(r, Err(Error::Truncated { .. })), "{r:?}");
             // The good ones completed all the same.
             assert_eq!((a[0], c[0]), (7, 9));
+
+fn large_messages_cross_in_both_directions_at_once() {
+    // Sizes around the engine's 256 KiB socket pieces and well past them, sent by
+    // both ranks at the same time: some into receives posted first, some into
+    // receives posted after the sends (the request-to-send waits unexpected), the
+    // last into an allocated buffer.
+    let sizes = [(256 << 10) - 1, 256 << 10, (256 << 10) + 1, (3 << 20) + 7];
+    on_all(2, |w| {
+        let (me, peer) = (w.rank(), 1 - w.rank());
+        let outs: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, (me * 10 + i) as u64))
+            .collect();
+        let mut ins: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+        let (early, late) = ins.split_at_mut(2);
+        scope(|s| {
+            let mut reqs = Vec::new();
+            for (i, b) in early.iter_mut().enumerate() {
+                reqs.push(w.irecv_into(s, b, peer, i as i32).unwrap());
+            }
+            let sends: Vec<_> = outs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| w.isend(s, o, peer, i as i32).unwrap())
+                .collect();
+            for (i, b) in late.iter_mut().take(1).enumerate() {
+                reqs.push(w.irecv_into(s, b, peer, (i + 2) as i32).unwrap());
+            }
+            let (big, st) = w.recv_vec::<u8>(peer, 3).unwrap();
+            assert_eq!(st.bytes(), sizes[3]);
+            assert_eq!(big, pattern(sizes[3], (peer * 10 + 3) as u64));
+            wait_all(reqs).unwrap();
+            wait_all(sends).unwrap();
+        });
+        for (i, b) in ins.iter().take(3).enumerate() {
+            assert_eq!(*b, pattern(sizes[i], (peer * 10 + i) as u64), "message {i}");
         }
     });
 }

@@ -57,6 +57,18 @@ const LISTENER: u64 = u64::MAX - 1;
 const RBUF: usize = 64 * 1024;
 /// A payload with at least this much left is read straight into its destination.
 const DIRECT_MIN: usize = 16 * 1024;
+/// Most bytes one `sendmsg` or one direct `read` moves on a socket link. Sending
+/// and receiving on a TCP socket take the same socket lock, and a call holds it while
+/// it copies: a 1 MiB `sendmsg` keeps the peer's incoming data waiting in the
+/// backlog, a 1 MiB `read` keeps our own ACKs and window updates from going out, so
+/// two ranks exchanging large messages take turns instead of overlapping. In 256 KiB
+/// pieces both directions flow. Measured with `dsmpi_bench --ops
+/// latency,scatter,alltoall` under `dsmexec --transport tcp -n 2` (5–6 interleaved
+/// runs, medians): 1 MiB all-to-all 388–408 µs against 535–552 µs unchunked (Open MPI
+/// over TCP 373–383 in the same runs); chunking only the sends or only the reads
+/// did not help (557, 583 µs), nor did 128 KiB pieces (486 µs); point-to-point and
+/// scatter stayed within noise.
+const SOCKET_CHUNK: usize = 256 * 1024;
 /// Small frames are appended to a shared send buffer up to this size.
 const COALESCE_MAX: usize = 256 * 1024;
 /// At most this many iovecs per `sendmsg`.
@@ -791,16 +803,26 @@ impl Engine {
                     iov_len: 0,
                 }; MAX_IOV];
                 let mut cnt = 0;
+                let mut budget = if peer.shm.is_none() {
+                    SOCKET_CHUNK
+                } else {
+                    usize::MAX
+                };
                 for (i, item) in peer.txq.iter().take(MAX_IOV).enumerate() {
+                    if budget == 0 {
+                        break;
+                    }
                     let skip = if i == 0 { peer.tx_off } else { 0 };
                     let (base, len) = match item {
                         TxItem::Buf(v) => (v.as_ptr() as *mut u8, v.len()),
                         TxItem::Borrowed { ptr, len, .. } => (ptr.0, *len),
                     };
                     // SAFETY: `skip <= len`; borrowed items point at live send buffers.
+                    let take = (len - skip).min(budget);
+                    budget -= take;
                     iov[cnt] = libc::iovec {
                         iov_base: unsafe { base.add(skip) }.cast(),
-                        iov_len: len - skip,
+                        iov_len: take,
                     };
                     cnt += 1;
                 }
@@ -933,13 +955,18 @@ impl Engine {
             }
             peer.rpos = 0;
             peer.rlen = 0;
+            let piece = if peer.shm.is_none() {
+                SOCKET_CHUNK
+            } else {
+                usize::MAX
+            };
             let direct = match &peer.rx {
                 Rx::Payload {
                     sink: Sink::Mem(ptr),
                     len,
                     got,
                     ..
-                } if len - got >= DIRECT_MIN => Some((ptr.0, *got, len - got)),
+                } if len - got >= DIRECT_MIN => Some((ptr.0, *got, (len - got).min(piece))),
                 _ => None,
             };
             let (dst, want) = match direct {
