@@ -509,7 +509,11 @@ fn wait_all_completes_out_of_order_and_reports_the_first_error_after_all() {
             assert!(matches!(r, Err(Error::Truncated { .. })), "{r:?}");
             // The good ones completed all the same.
             assert_eq!((a[0], c[0]), (7, 9));
+        }
+    });
+}
 
+#[test]
 fn large_messages_cross_in_both_directions_at_once() {
     // Sizes around the engine's 256 KiB socket pieces and well past them, sent by
     // both ranks at the same time: some into receives posted first, some into
