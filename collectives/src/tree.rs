@@ -35,6 +35,19 @@ pub(crate) fn bcast(
         .rev()
         .map(|&(c, _)| abs(c, root, n))
         .collect();
+    if comm.send_is_buffered(seg.max(1).min(buf.len())) {
+        // Every piece is buffered at once: blocking sends (the transport's fast
+        // path) cannot wait on a child, and cost no request each.
+        for chunk in buf.chunks_mut(seg.max(1)) {
+            if let Some(p) = parent {
+                recv_exact(comm, "broadcast", chunk, p, tag)?;
+            }
+            for &c in &children {
+                comm.send(chunk, c, tag)?;
+            }
+        }
+        return Ok(());
+    }
     scope(|s| {
         let mut sends = Vec::with_capacity(children.len() * buf.len().div_ceil(seg.max(1)));
         for chunk in buf.chunks_mut(seg.max(1)) {
@@ -89,7 +102,12 @@ pub(crate) fn scatter(
         // Farthest (largest) subtree first: it has the longest way to go.
         for &(c, e) in node.children.iter().rev() {
             let part = &data[offs[c] - base..offs[e] - base];
-            sends.push(comm.isend(s, part, abs(c, root, n), tag)?);
+            if comm.send_is_buffered(part.len()) {
+                // Buffered at once: no request needed, and no wait on the child.
+                comm.send(part, abs(c, root, n), tag)?;
+            } else {
+                sends.push(comm.isend(s, part, abs(c, root, n), tag)?);
+            }
         }
         wait_all(sends)?;
         Ok(())

@@ -441,6 +441,19 @@ impl Communicator {
         Ok((v, st))
     }
 
+    /// Whether a blocking send of `bytes` bytes returns without any help from its
+    /// receiver (the transport buffers it at once): true up to the eager limit on
+    /// dsmpi's own transports, never over an MPI library.
+    ///
+    /// Collectives use it to send small pieces one after another on the blocking
+    /// send's fast path instead of through requests; a program can do the same.
+    pub fn send_is_buffered(&self, bytes: usize) -> bool {
+        self.inner
+            .transport
+            .buffered_send_limit()
+            .is_some_and(|limit| bytes <= limit)
+    }
+
     /// Sends `sendbuf` to `dest` and receives into `recvbuf` from `source` at once,
     /// so that exchanges in a ring or a pair never deadlock.
     #[allow(clippy::too_many_arguments)]
@@ -456,13 +469,7 @@ impl Communicator {
         // A send the transport buffers at once cannot wait for the peer's own
         // send-and-receive: send it, then receive, each on its blocking fast path
         // (collectives exchange mostly small messages this way).
-        let bytes = std::mem::size_of_val(sendbuf);
-        if self
-            .inner
-            .transport
-            .buffered_send_limit()
-            .is_some_and(|limit| bytes <= limit)
-        {
+        if self.send_is_buffered(std::mem::size_of_val(sendbuf)) {
             self.send(sendbuf, dest, sendtag)?;
             return self.recv_into(recvbuf, source, recvtag);
         }
