@@ -1,5 +1,6 @@
-//! Linear scatter: the root posts one non-blocking send per rank, straight from the
-//! user's buffer, and waits for all. p−1 messages leave one rank, but no data is
+//! Linear scatter: the root posts one non-blocking send per rank (a blocking one for
+//! a block the transport buffers at once), straight from the user's buffer, and
+//! waits for all. p−1 messages leave one rank, but no data is
 //! copied or relayed: the large-block choice.
 
 use dsmpi_runtime::{scope, wait_all, Communicator};
@@ -40,7 +41,13 @@ pub(crate) fn scatterv(
         // Start with the rank after the root, so that consecutive scatters from
         // different roots do not all hit rank 0 first.
         for r in (1..n).map(|k| (root + k) % n) {
-            sends.push(comm.isend(s, &send[displs[r]..displs[r] + counts[r]], r, SCATTER)?);
+            let block = &send[displs[r]..displs[r] + counts[r]];
+            if comm.send_is_buffered(block.len()) {
+                // Buffered at once: no request needed, and no wait on rank r.
+                comm.send(block, r, SCATTER)?;
+            } else {
+                sends.push(comm.isend(s, block, r, SCATTER)?);
+            }
         }
         recv.copy_from_slice(&send[displs[me]..displs[me] + counts[me]]);
         wait_all(sends)?;
