@@ -20,6 +20,17 @@ fn names(dir: &str) -> Vec<String> {
     v
 }
 
+/// The entries of `dir` that could be dsmpi's: the directory is shared with every
+/// other process on the machine (parallel test binaries, Open MPI's `/dev/shm`
+/// files, `mktemp`), which must not fail this test. The launcher's per-user ship
+/// cache (`dsmpi-ship-UID`) is meant to stay.
+fn ours(dir: &str) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.to_lowercase().contains("dsm") && !n.starts_with("dsmpi-ship-"))
+        .collect()
+}
+
 fn window_mappings() -> usize {
     std::fs::read_to_string("/proc/self/maps")
         .unwrap_or_default()
@@ -34,9 +45,14 @@ fn child_mode() -> Option<String> {
 
 /// Runs this test binary's `test` with the child variable set; returns its status.
 fn run_child(test: &str, mode: &str) -> std::process::Output {
+    run_child_with(test, mode, &[])
+}
+
+fn run_child_with(test: &str, mode: &str, env: &[(&str, &str)]) -> std::process::Output {
     Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD, mode)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -46,13 +62,23 @@ fn no_leftovers_after_drop() {
     if child_mode().is_some() {
         return;
     }
-    // Alone in a fresh process, so that no other test's window is mapped meanwhile.
-    let out = run_child("leftovers_child", "leftovers");
+    // Alone in a fresh process, so that no other test's window is mapped meanwhile,
+    // with a temporary directory of its own, which must stay empty.
+    let tmp = std::env::temp_dir().join(format!("window-teardown-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let out = run_child_with(
+        "leftovers_child",
+        "leftovers",
+        &[("TMPDIR", tmp.to_str().unwrap())],
+    );
+    let left = names(tmp.to_str().unwrap());
+    let _ = std::fs::remove_dir_all(&tmp);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
 
 #[test]
@@ -60,8 +86,8 @@ fn leftovers_child() {
     if child_mode().as_deref() != Some("leftovers") {
         return;
     }
-    let shm = names("/dev/shm");
-    let tmp = names("/tmp");
+    let shm = ours("/dev/shm");
+    let tmp = ours("/tmp");
     for round in 0..3 {
         run_local(4, |world| {
             let layout = if round == 1 {
@@ -84,8 +110,8 @@ fn leftovers_child() {
         .unwrap();
     }
     assert_eq!(window_mappings(), 0, "mappings left after free");
-    assert_eq!(names("/dev/shm"), shm);
-    assert_eq!(names("/tmp"), tmp);
+    assert_eq!(ours("/dev/shm"), shm);
+    assert_eq!(ours("/tmp"), tmp);
     // Threads are gone too: only this one remains besides the test harness's.
     let threads = names("/proc/self/task").len();
     assert!(threads <= 2, "{threads} threads left");
