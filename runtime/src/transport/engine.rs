@@ -2092,7 +2092,11 @@ impl Transport for Engine {
     fn send(&self, dest: usize, ctx: u64, tag: Tag, data: &[u8]) -> Result<()> {
         // Fast path: a small message to a same-host peer with nothing queued ahead of
         // it is complete once it is in the ring; no request is made.
-        if dest < self.n && dest != self.me && data.len() <= self.cfg.eager_limit {
+        if !self.shm_peers.is_empty()
+            && dest < self.n
+            && dest != self.me
+            && data.len() <= self.cfg.eager_limit
+        {
             let mut st = self.lock();
             self.check_open(&st)?;
             if st.peers[dest].lost.is_none() {
@@ -2103,10 +2107,7 @@ impl Transport for Engine {
                 }
             }
         }
-        // SAFETY: `data` is borrowed for this whole call and the request is waited
-        // for (to completion or error) before returning.
-        let id = unsafe { self.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
-        self.wait(id).map(|_| ())
+        super::send_by_request(self, dest, ctx, tag, data)
     }
 
     fn recv(
@@ -2119,14 +2120,7 @@ impl Transport for Engine {
         if let Some((status, _)) = self.fast_recv(src, ctx, tag, &mut Dst::Buf(buf))? {
             return Ok(status);
         }
-        let target = RecvTarget::Buffer {
-            ptr: buf.as_mut_ptr(),
-            cap: buf.len(),
-        };
-        // SAFETY: `buf` is exclusively borrowed for this whole call and the request
-        // is waited for before returning.
-        let id = unsafe { self.irecv(src, ctx, tag, target)? };
-        self.wait(id).map(|c| c.status)
+        super::recv_by_request(self, src, ctx, tag, buf)
     }
 
     fn recv_alloc(
@@ -2138,10 +2132,7 @@ impl Transport for Engine {
         if let Some((status, heap)) = self.fast_recv(src, ctx, tag, &mut Dst::Alloc)? {
             return Ok((heap.unwrap_or_default(), status));
         }
-        // SAFETY: an Allocate target borrows no caller memory.
-        let id = unsafe { self.irecv(src, ctx, tag, RecvTarget::Allocate)? };
-        self.wait(id)
-            .map(|c| (c.data.unwrap_or_default(), c.status))
+        super::recv_alloc_by_request(self, src, ctx, tag)
     }
 
     fn test(&self, req: ReqId) -> Result<Option<Completion>> {

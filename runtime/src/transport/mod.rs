@@ -114,10 +114,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     /// send that needs no request is cheaper (a small message into a shared-memory
     /// ring).
     fn send(&self, dest: usize, ctx: u64, tag: Tag, data: &[u8]) -> Result<()> {
-        // SAFETY: `data` is borrowed for this whole call and the request is waited
-        // for (to completion or error) before returning.
-        let id = unsafe { self.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
-        self.wait(id).map(|_| ())
+        send_by_request(self, dest, ctx, tag, data)
     }
 
     /// Receives one message from world rank `source` (`None`: any) with `tag`
@@ -133,14 +130,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         tag: Option<Tag>,
         buf: &mut [u8],
     ) -> Result<RawStatus> {
-        let target = RecvTarget::Buffer {
-            ptr: buf.as_mut_ptr(),
-            cap: buf.len(),
-        };
-        // SAFETY: `buf` is exclusively borrowed for this whole call and the request
-        // is waited for before returning.
-        let id = unsafe { self.irecv(source, ctx, tag, target)? };
-        self.wait(id).map(|c| c.status)
+        recv_by_request(self, source, ctx, tag, buf)
     }
 
     /// The largest message whose send completes without any help from its receiver
@@ -163,10 +153,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         ctx: u64,
         tag: Option<Tag>,
     ) -> Result<(Vec<u8>, RawStatus)> {
-        // SAFETY: an Allocate target borrows no caller memory.
-        let id = unsafe { self.irecv(source, ctx, tag, RecvTarget::Allocate)? };
-        self.wait(id)
-            .map(|c| (c.data.unwrap_or_default(), c.status))
+        recv_alloc_by_request(self, source, ctx, tag)
     }
 
     /// Completes `req` if it is done (freeing it), else `Ok(None)`. Makes progress.
@@ -213,4 +200,49 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     fn native(&self) -> Option<&dyn NativeCollectives> {
         None
     }
+}
+
+/// [`Transport::send`] through a request: post, then wait. The default, and the
+/// fallback of a backend's own fast path.
+pub(crate) fn send_by_request<T: Transport + ?Sized>(
+    t: &T,
+    dest: usize,
+    ctx: u64,
+    tag: Tag,
+    data: &[u8],
+) -> Result<()> {
+    // SAFETY: `data` is borrowed for this whole call and the request is waited for
+    // (to completion or error) before returning.
+    let id = unsafe { t.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
+    t.wait(id).map(|_| ())
+}
+
+/// [`Transport::recv`] through a request; see [`send_by_request`].
+pub(crate) fn recv_by_request<T: Transport + ?Sized>(
+    t: &T,
+    source: Option<usize>,
+    ctx: u64,
+    tag: Option<Tag>,
+    buf: &mut [u8],
+) -> Result<RawStatus> {
+    let target = RecvTarget::Buffer {
+        ptr: buf.as_mut_ptr(),
+        cap: buf.len(),
+    };
+    // SAFETY: `buf` is exclusively borrowed for this whole call and the request is
+    // waited for before returning.
+    let id = unsafe { t.irecv(source, ctx, tag, target)? };
+    t.wait(id).map(|c| c.status)
+}
+
+/// [`Transport::recv_alloc`] through a request; see [`send_by_request`].
+pub(crate) fn recv_alloc_by_request<T: Transport + ?Sized>(
+    t: &T,
+    source: Option<usize>,
+    ctx: u64,
+    tag: Option<Tag>,
+) -> Result<(Vec<u8>, RawStatus)> {
+    // SAFETY: an Allocate target borrows no caller memory.
+    let id = unsafe { t.irecv(source, ctx, tag, RecvTarget::Allocate)? };
+    t.wait(id).map(|c| (c.data.unwrap_or_default(), c.status))
 }
