@@ -41,7 +41,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::poller::{Poller, WAKER};
@@ -372,11 +372,11 @@ struct Peer {
     lost: Option<String>,
     /// Shared-memory rings replacing the socket's data path (same-host peers); the
     /// socket then only carries doorbells and the end of the link.
-    shm: Option<ShmLink>,
+    shm: Option<Arc<ShmLink>>,
 }
 
 impl Peer {
-    fn new(fd: Option<OwnedFd>, shm: Option<ShmLink>) -> Peer {
+    fn new(fd: Option<OwnedFd>, shm: Option<Arc<ShmLink>>) -> Peer {
         let raw = fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         Peer {
             shm,
@@ -443,6 +443,10 @@ pub struct Engine {
     on_peer_lost: std::sync::OnceLock<Hook>,
     /// Peers linked by shared memory, whose rings a waiting thread polls directly.
     shm_peers: Vec<usize>,
+    /// The same links by rank, outside the lock: a blocking receive watches its
+    /// ring's counters without taking the lock (see [`Engine::fast_recv`]). The
+    /// links live as long as the engine; `peers[p].shm` holds the other reference.
+    shm_rx: Vec<Option<Arc<ShmLink>>>,
 }
 
 /// A callback for the first peer lost; see [`Engine::on_peer_lost`].
@@ -498,6 +502,8 @@ impl Engine {
     ) -> Result<Engine> {
         let n = links.len();
         assert_eq!(shm.len(), n, "one shared-memory slot per rank");
+        let shm: Vec<Option<Arc<ShmLink>>> = shm.into_iter().map(|l| l.map(Arc::new)).collect();
+        let shm_rx = shm.clone();
         let shm_peers: Vec<usize> = (0..n).filter(|&p| shm[p].is_some()).collect();
         let backend = match (shm_peers.len(), backend) {
             (0, b) => b,
@@ -559,6 +565,7 @@ impl Engine {
             listener,
             on_peer_lost: std::sync::OnceLock::new(),
             shm_peers,
+            shm_rx,
         })
     }
 
@@ -1853,22 +1860,46 @@ impl Engine {
                 RingTake::Nothing => {}
             }
             drop(st);
-            // The clock is read every 16th look: a look costs ~50 ns, a clock read
-            // about as much on a VM.
-            if turns.is_multiple_of(16) {
-                let t0 = *started.get_or_insert_with(Instant::now);
-                if t0.elapsed() > SHM_PAUSE_SPIN {
-                    return Ok(None);
+            // Watch the ring's counters without the lock until bytes come (a look
+            // is then one load of a line the sender writes), and take the lock for
+            // a full look at least every 16th turn, when the clock is read too: a
+            // look costs ~50 ns, a clock read about as much on a VM.
+            loop {
+                if turns.is_multiple_of(16) {
+                    let t0 = *started.get_or_insert_with(Instant::now);
+                    if t0.elapsed() > SHM_PAUSE_SPIN {
+                        return Ok(None);
+                    }
+                }
+                turns = turns.wrapping_add(1);
+                if self.cfg.yield_while_spinning {
+                    std::thread::yield_now();
+                } else {
+                    // One PAUSE (~140 cycles on recent x86): a frame that lands
+                    // meanwhile is seen within ~50 ns.
+                    std::hint::spin_loop();
+                }
+                if turns.is_multiple_of(16) || self.rings_readable(src) {
+                    break;
                 }
             }
-            turns = turns.wrapping_add(1);
-            if self.cfg.yield_while_spinning {
-                std::thread::yield_now();
-            } else {
-                // One PAUSE (~140 cycles on recent x86): a frame that lands meanwhile
-                // is seen within ~50 ns.
-                std::hint::spin_loop();
-            }
+        }
+    }
+
+    /// Whether the ring of `src` (of any same-host peer for `None`) holds unread
+    /// bytes, read without the lock: a hint for [`Engine::fast_recv`], which then
+    /// looks under the lock.
+    fn rings_readable(&self, src: Option<usize>) -> bool {
+        match src {
+            Some(s) => self
+                .shm_rx
+                .get(s)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.readable()),
+            None => self
+                .shm_peers
+                .iter()
+                .any(|&p| self.shm_rx[p].as_ref().is_some_and(|l| l.readable())),
         }
     }
 

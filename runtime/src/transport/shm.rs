@@ -370,7 +370,8 @@ impl ShmLink {
         }
     }
 
-    /// Whether the incoming ring holds bytes.
+    /// Whether the incoming ring holds bytes. Only loads the two counters, so any
+    /// thread may ask without the engine's lock (the answer is then a hint).
     pub fn readable(&self) -> bool {
         self.rx.readable()
     }
