@@ -85,14 +85,6 @@ const SHM_PAUSE_SPIN: Duration = Duration::from_micros(5);
 /// one core took 96 µs per 8-byte round trip (each rank spun out its whole 50 µs
 /// before sleeping) against 7 µs in the others.
 const PAUSE_SPIN: Duration = Duration::from_micros(10);
-/// How long a thread waiting for another thread's poll (on the condition variable)
-/// sleeps at most before it looks at the rings itself, when the rank has same-host
-/// peers. A known lost wake-up leaves a frame unread in a ring while the poller sleeps
-/// in `epoll_wait`: with `DSMPI_SPIN_US=2`, 2-rank window gets stalled until this
-/// timeout, which was 1 s for every wait (a benchmark took ~30 min instead of 2 s).
-/// At 1 ms the same run finishes with gets of 0.2–0.3 ms; the cost is up to 1000
-/// wake-ups a second of a thread blocked while another thread of its rank waits too.
-const CV_RESCUE_SHM: Duration = Duration::from_millis(1);
 
 /// The outstanding requests, by id: a slot vector with a free list. An id is the
 /// slot's index in its low 32 bits and the slot's generation in its high 32, so a
@@ -1443,11 +1435,13 @@ impl Engine {
     fn shm_event(&self, st: &mut State, p: usize) {
         let raw = st.peers[p].raw;
         let mut eof = false;
+        let mut rung = false;
         if st.peers[p].fd.is_some() {
             let mut buf = [0u8; 64];
             loop {
                 // SAFETY: reading into a stack buffer of 64 bytes.
                 let r = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), 64, libc::MSG_DONTWAIT) };
+                rung |= r > 0;
                 if r == 64 {
                     continue;
                 }
@@ -1467,6 +1461,14 @@ impl Engine {
         self.read_peer(st, p);
         if eof {
             self.on_eof(st, p);
+        }
+        if rung && st.poller_busy {
+            // The bell was rung for the thread asleep in `epoll_wait`, and the peer
+            // cleared that thread's sleep flag in ringing it. Taken here, the bell no
+            // longer wakes it (its `epoll_wait` finds the socket empty and sleeps on),
+            // and with no flag raised later frames ring no bell: wake it, so that it
+            // raises its flags again before it sleeps.
+            self.poll.wake();
         }
     }
 
@@ -1678,14 +1680,7 @@ impl Engine {
                 st.waiters += 1;
                 st = self
                     .cv
-                    .wait_timeout(
-                        st,
-                        if shm {
-                            CV_RESCUE_SHM
-                        } else {
-                            Duration::from_millis(1000)
-                        },
-                    )
+                    .wait_timeout(st, Duration::from_millis(1000))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
                 st.waiters -= 1;
