@@ -41,7 +41,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::poller::{Poller, WAKER};
@@ -370,16 +370,12 @@ struct Peer {
     bye_sent: bool,
     bye_recvd: bool,
     lost: Option<String>,
-    /// Shared-memory rings replacing the socket's data path (same-host peers); the
-    /// socket then only carries doorbells and the end of the link.
-    shm: Option<Arc<ShmLink>>,
 }
 
 impl Peer {
-    fn new(fd: Option<OwnedFd>, shm: Option<Arc<ShmLink>>) -> Peer {
+    fn new(fd: Option<OwnedFd>) -> Peer {
         let raw = fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         Peer {
-            shm,
             fd,
             raw,
             rbuf: Vec::new(),
@@ -443,10 +439,12 @@ pub struct Engine {
     on_peer_lost: std::sync::OnceLock<Hook>,
     /// Peers linked by shared memory, whose rings a waiting thread polls directly.
     shm_peers: Vec<usize>,
-    /// The same links by rank, outside the lock: a blocking receive watches its
-    /// ring's counters without taking the lock (see [`Engine::fast_recv`]). The
-    /// links live as long as the engine; `peers[p].shm` holds the other reference.
-    shm_rx: Vec<Option<Arc<ShmLink>>>,
+    /// Shared-memory rings replacing the socket's data path, by rank (same-host
+    /// peers; the socket then only carries doorbells and the end of the link). Set
+    /// once, so outside the lock: a blocking receive watches its ring's counters
+    /// without taking it (see [`Engine::fast_recv`]). Producer and consumer calls
+    /// that move bytes still happen under the lock.
+    links: Vec<Option<ShmLink>>,
 }
 
 /// A callback for the first peer lost; see [`Engine::on_peer_lost`].
@@ -502,8 +500,6 @@ impl Engine {
     ) -> Result<Engine> {
         let n = links.len();
         assert_eq!(shm.len(), n, "one shared-memory slot per rank");
-        let shm: Vec<Option<Arc<ShmLink>>> = shm.into_iter().map(|l| l.map(Arc::new)).collect();
-        let shm_rx = shm.clone();
         let shm_peers: Vec<usize> = (0..n).filter(|&p| shm[p].is_some()).collect();
         let backend = match (shm_peers.len(), backend) {
             (0, b) => b,
@@ -515,7 +511,7 @@ impl Engine {
         assert_eq!(hosts.len(), n, "one host name per rank");
         let poll = Poller::new().map_err(|e| Error::io("creating epoll set", e))?;
         let mut peers = Vec::with_capacity(n);
-        for (p, (fd, link)) in links.into_iter().zip(shm).enumerate() {
+        for (p, fd) in links.into_iter().enumerate() {
             if let Some(fd) = &fd {
                 let raw = fd.as_raw_fd();
                 set_nonblocking(raw).map_err(|e| Error::io("making a link non-blocking", e))?;
@@ -526,7 +522,7 @@ impl Engine {
                     "no link from rank {me} to rank {p}"
                 )));
             }
-            let mut peer = Peer::new(fd, link);
+            let mut peer = Peer::new(fd);
             if p != me {
                 peer.rbuf = vec![0; RBUF];
             }
@@ -565,7 +561,7 @@ impl Engine {
             listener,
             on_peer_lost: std::sync::OnceLock::new(),
             shm_peers,
-            shm_rx,
+            links: shm,
         })
     }
 
@@ -682,7 +678,7 @@ impl Engine {
     ) {
         let mut cts = Header::new(Kind::Cts, ctx, tag, len as u64);
         cts.a = sreq;
-        if let Some(done) = Self::cma_receive(st, target, src, tag, len, addr) {
+        if let Some(done) = self.cma_receive(target, src, tag, len, addr) {
             // The payload is already here: "clear to send" with no request tells the
             // sender its buffer is free, as after a truncation.
             cts.b = NO_REQ;
@@ -723,17 +719,14 @@ impl Engine {
     /// Copies a rendezvous payload straight out of a same-host sender's memory with
     /// one cross-memory read, when its link allows it. `None`: use the ring instead.
     fn cma_receive(
-        st: &mut State,
+        &self,
         target: Target,
         src: usize,
         tag: Tag,
         len: usize,
         addr: u64,
     ) -> Option<Result<Completion>> {
-        let link = st.peers[src]
-            .shm
-            .as_ref()
-            .filter(|l| l.cma() && addr != 0)?;
+        let link = self.links[src].as_ref().filter(|l| l.cma() && addr != 0)?;
         let status = RawStatus {
             source: src,
             tag,
@@ -810,7 +803,7 @@ impl Engine {
                     iov_len: 0,
                 }; MAX_IOV];
                 let mut cnt = 0;
-                let mut budget = if peer.shm.is_none() {
+                let mut budget = if self.links[p].is_none() {
                     SOCKET_CHUNK
                 } else {
                     usize::MAX
@@ -833,7 +826,7 @@ impl Engine {
                     };
                     cnt += 1;
                 }
-                if let Some(link) = &peer.shm {
+                if let Some(link) = &self.links[p] {
                     let mut bufs: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
                     for (b, v) in bufs.iter_mut().zip(&iov[..cnt]) {
                         // SAFETY: each iovec was built above from a live queue item.
@@ -886,7 +879,7 @@ impl Engine {
             // watched in epoll and no longer needs to be.
             if peer.txq.is_empty()
                 && peer.want_out
-                && (peer.shm.is_some() || self.poll.modify(peer.raw, p as u64, false).is_ok())
+                && (self.links[p].is_some() || self.poll.modify(peer.raw, p as u64, false).is_ok())
             {
                 peer.want_out = false;
             }
@@ -962,7 +955,7 @@ impl Engine {
             }
             peer.rpos = 0;
             peer.rlen = 0;
-            let piece = if peer.shm.is_none() {
+            let piece = if self.links[p].is_none() {
                 SOCKET_CHUNK
             } else {
                 usize::MAX
@@ -982,7 +975,7 @@ impl Engine {
                 Some((ptr, got, left)) => (unsafe { ptr.add(got) }, left),
                 None => (peer.rbuf.as_mut_ptr(), RBUF),
             };
-            let r = match &peer.shm {
+            let r = match &self.links[p] {
                 // SAFETY: `dst` has `want` writable bytes (see above).
                 Some(link) => match unsafe { link.recv(dst, want) } {
                     0 => return,
@@ -1408,7 +1401,7 @@ impl Engine {
             match tok {
                 WAKER => {}
                 LISTENER => self.turn_away(),
-                p if st.peers[p as usize].shm.is_some() => self.shm_event(st, p as usize),
+                p if self.links[p as usize].is_some() => self.shm_event(st, p as usize),
                 p => {
                     let p = p as usize;
                     if bits & libc::EPOLLOUT as u32 != 0 {
@@ -1476,7 +1469,7 @@ impl Engine {
     fn poll_shm(&self, st: &mut State) {
         for &p in &self.shm_peers {
             let peer = &st.peers[p];
-            let Some(link) = peer.shm.as_ref().filter(|_| peer.fd.is_some()) else {
+            let Some(link) = self.links[p].as_ref().filter(|_| peer.fd.is_some()) else {
                 continue;
             };
             let (readable, retry) = (link.readable(), peer.want_out && link.writable());
@@ -1496,7 +1489,7 @@ impl Engine {
     fn prepare_sleep(&self, st: &State) -> bool {
         self.shm_peers.iter().all(|&p| {
             let peer = &st.peers[p];
-            match peer.shm.as_ref().filter(|_| peer.fd.is_some()) {
+            match self.links[p].as_ref().filter(|_| peer.fd.is_some()) {
                 Some(link) => link.prepare_sleep() && !(peer.want_out && link.want_room()),
                 None => true,
             }
@@ -1504,9 +1497,9 @@ impl Engine {
     }
 
     /// Lowers the sleep flags raised by [`Engine::prepare_sleep`].
-    fn woke(&self, st: &State) {
+    fn woke(&self) {
         for &p in &self.shm_peers {
-            if let Some(link) = &st.peers[p].shm {
+            if let Some(link) = &self.links[p] {
                 link.woke();
             }
         }
@@ -1655,7 +1648,7 @@ impl Engine {
             }
             if !st.poller_busy {
                 if shm && !self.prepare_sleep(&st) {
-                    self.woke(&st);
+                    self.woke();
                     continue;
                 }
                 st.poller_busy = true;
@@ -1669,7 +1662,7 @@ impl Engine {
                 // Past the spin: every further turn looks at the epoll set too.
                 spins = 0;
                 if shm {
-                    self.woke(&st);
+                    self.woke();
                 }
                 // Hand the poller role (and any completion) to the sleepers.
                 if st.waiters > 0 {
@@ -1693,9 +1686,9 @@ impl Engine {
     /// of it (no queue, no copy into a send buffer); what does not fit is queued like
     /// any frame. Returns `false`, having done nothing, for a peer without a ring or
     /// with frames queued.
-    fn eager_into_ring(st: &mut State, dest: usize, h: &[u8; HDR], bytes: &[u8]) -> bool {
+    fn eager_into_ring(&self, st: &mut State, dest: usize, h: &[u8; HDR], bytes: &[u8]) -> bool {
         let peer = &mut st.peers[dest];
-        let link = match &peer.shm {
+        let link = match &self.links[dest] {
             Some(link) if peer.txq.is_empty() => link,
             _ => return false,
         };
@@ -1719,6 +1712,7 @@ impl Engine {
     /// path) has a claim on it. No request, no read buffer, no header copy beyond one
     /// look. Anything else is left to the general path, which keeps every rule.
     fn take_from_ring(
+        &self,
         st: &mut State,
         s: usize,
         ctx: u64,
@@ -1726,7 +1720,7 @@ impl Engine {
         dst: &mut Dst<'_>,
     ) -> RingTake {
         let peer = &st.peers[s];
-        let link = match &peer.shm {
+        let link = match &self.links[s] {
             Some(link)
                 if peer.lost.is_none()
                     && peer.rpos >= peer.rlen
@@ -1818,7 +1812,7 @@ impl Engine {
         dst: &mut Dst<'_>,
     ) -> RingTake {
         match src {
-            Some(s) if s < self.n && s != self.me => Self::take_from_ring(st, s, ctx, tag, dst),
+            Some(s) if s < self.n && s != self.me => self.take_from_ring(st, s, ctx, tag, dst),
             Some(_) => RingTake::Elsewhere,
             None => {
                 if self.shm_peers.len() + 1 != self.n
@@ -1833,7 +1827,7 @@ impl Engine {
                     .map_or(0, |i| i + 1);
                 for i in 0..k {
                     let p = self.shm_peers[(after + i) % k];
-                    match Self::take_from_ring(st, p, ctx, tag, dst) {
+                    match self.take_from_ring(st, p, ctx, tag, dst) {
                         RingTake::Nothing => {}
                         other => return other,
                     }
@@ -1902,14 +1896,14 @@ impl Engine {
     fn rings_readable(&self, src: Option<usize>) -> bool {
         match src {
             Some(s) => self
-                .shm_rx
+                .links
                 .get(s)
                 .and_then(Option::as_ref)
                 .is_some_and(|l| l.readable()),
             None => self
                 .shm_peers
                 .iter()
-                .any(|&p| self.shm_rx[p].as_ref().is_some_and(|l| l.readable())),
+                .any(|&p| self.links[p].as_ref().is_some_and(|l| l.readable())),
         }
     }
 
@@ -2034,7 +2028,7 @@ impl Transport for Engine {
         }
         if len <= self.cfg.eager_limit {
             let h = Header::new(Kind::Eager, ctx, tag, len as u64).encode();
-            if !Self::eager_into_ring(&mut st, dest, &h, bytes) {
+            if !self.eager_into_ring(&mut st, dest, &h, bytes) {
                 Self::push_frame(&mut st, dest, &h, bytes);
             }
             st.reqs
@@ -2044,7 +2038,7 @@ impl Transport for Engine {
             h.a = id;
             // The buffer's address lets a same-host receiver copy the payload itself.
             h.b = data as u64;
-            if st.peers[dest].shm.as_ref().is_some_and(|l| l.cma()) {
+            if self.links[dest].as_ref().is_some_and(|l| l.cma()) {
                 // Allow the copy 1 ns a byte (it runs at ~10 GB/s), at most 20 ms.
                 let until = Instant::now() + Duration::from_nanos(len.min(20_000_000) as u64);
                 st.peer_copying_until = Some(st.peer_copying_until.map_or(until, |u| u.max(until)));
@@ -2060,7 +2054,7 @@ impl Transport for Engine {
                 },
             );
         }
-        if st.peers[dest].shm.is_some() {
+        if self.links[dest].is_some() {
             // A ring write is cheap and needs nobody's help: do it now, so that the
             // send's `wait` finds it complete.
             self.flush_dirty(&mut st);
@@ -2142,7 +2136,7 @@ impl Transport for Engine {
             self.check_open(&st)?;
             if st.peers[dest].lost.is_none() {
                 let h = Header::new(Kind::Eager, ctx, tag, data.len() as u64).encode();
-                if Self::eager_into_ring(&mut st, dest, &h, data) {
+                if self.eager_into_ring(&mut st, dest, &h, data) {
                     self.flush_dirty(&mut st);
                     return Ok(());
                 }
