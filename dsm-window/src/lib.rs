@@ -56,6 +56,36 @@
 //! volatile accesses). Nothing has a name in `/dev/shm` or `/tmp`; freeing the window
 //! unmaps both views and the memory goes with the last mapping.
 //!
+//! # Same-host windows: shared pages
+//!
+//! Ranks that the runtime links through shared memory (same host, the `shm`
+//! transport: [`Communicator::shares_memory_with`](dsmpi_runtime::Communicator::shares_memory_with))
+//! also map each other's regions straight from the home's memory file, as MPI's
+//! shared-memory windows do: at allocation every rank reports its process id, the
+//! descriptor of its memory file and the ranks it reaches through shared memory, and
+//! maps each such region (opened through `/proc/<pid>/fd/<n>`) read-write over the
+//! same pages of both its views. Then, between those ranks:
+//! - loads and stores through the [`View`] never fault: no fetch, no twin, no diff,
+//!   no invalidation (the page is the home's master copy, kept coherent by the
+//!   hardware); a store is visible to the other ranks of the host at once, and
+//!   ordered for them by the window's synchronization as usual (MPI's unified model);
+//! - [`put`](Window::put) and [`get`](Window::get) copy straight through the mapping
+//!   (a `memcpy`, no message), unless an earlier operation of this rank to that target
+//!   is still unflushed (the copy would overtake it; then they travel as messages);
+//! - accumulate-family operations still go to the home's service thread, which keeps
+//!   them atomic with respect to each other whoever issues them;
+//! - the pages of a region that any rank maps this way never migrate (the mappings
+//!   would be left on a stale copy).
+//!
+//! Ranks on other hosts, and every pair under `DSMPI_TRANSPORT=tcp` or over the
+//! thread backend's sockets, keep the fault path below, and so does a window
+//! allocated with [`WinOptions::share_same_host`] off (both ranks of a pair must
+//! agree to share). Only the blocked layout is shared: round-robin pages alternate
+//! homes, which would cost one mapping per page. [`Window::shared_with`] says which
+//! regions a rank maps directly. If the kernel refuses to open a peer's file (Yama's
+//! ptrace rules; the runtime already allows same-host peers for cross-memory attach),
+//! the rank says so on stderr and keeps the fault path for that region.
+//!
 //! Each rank runs two threads per window: a **service thread** that executes the
 //! requests of other ranks against the pages this rank owns, and a **fault thread** that
 //! makes pages valid for the SIGSEGV handler. Both poll while the window is busy and
@@ -63,7 +93,8 @@
 //!
 //! # RMA: messages to the owner, executed there
 //!
-//! Every RMA operation is one message (48-byte header + payload, see the `proto`
+//! Apart from puts and gets between ranks that share pages (above), every RMA
+//! operation is one message (48-byte header + payload, see the `proto`
 //! module) to the service thread of the rank that owns the target pages — their home,
 //! unless they migrated (see *Page migration*) — which executes it on the master copy.
 //! An operation whose bytes span pages with different owners is split at page
@@ -399,9 +430,9 @@ mod window;
 pub use dsmpi_collectives::datatype::Datatype;
 pub use element::{ElemKind, Element, Op};
 pub use error::{Result, WinError};
-pub use window::{Layout, LockType, RangeGuard, Typed, View, Window, WindowStats};
+pub use window::{Layout, LockType, RangeGuard, Typed, View, WinOptions, Window, WindowStats};
 
 /// What a program using windows usually needs.
 pub mod prelude {
-    pub use crate::{Datatype, Element, LockType, Op, Typed, WinError, Window};
+    pub use crate::{Datatype, Element, LockType, Op, Typed, WinError, WinOptions, Window};
 }

@@ -6,6 +6,10 @@
 //! requests and compute diffs, so the runtime never touches a protected page (and
 //! never hands one to a syscall). The file is a `memfd`: it has no name in `/dev/shm`
 //! or `/tmp`, and disappears with the last mapping.
+//!
+//! Ranks of one host linked through shared memory also map each other's regions
+//! ([`Segment::share`]): the pages of a same-host home are then that home's own memory
+//! file, mapped read-write in both views, and never fault.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -108,6 +112,70 @@ impl Segment {
             len,
             page,
         })
+    }
+
+    /// The memory file's descriptor number, for a same-host rank to open through
+    /// `/proc/<pid>/fd/<n>` (see [`Segment::share`]).
+    pub(crate) fn raw_fd(&self) -> i32 {
+        self._fd.as_raw_fd()
+    }
+
+    /// Opens another process's window memory (process `pid`'s descriptor `fd`) for
+    /// [`Segment::share`]. Fails without side effects, e.g. when the kernel's ptrace
+    /// rules forbid it.
+    pub(crate) fn open_peer(pid: u32, fd: i32) -> Result<OwnedFd> {
+        let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}"))
+            .map_err(|_| WinError::InvalidArgument("a /proc path with a NUL".into()))?;
+        // SAFETY: `path` is a valid C string; open returns a new fd or -1.
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(WinError::last_os(format!(
+                "opening /proc/{pid}/fd/{fd}, a same-host rank's window memory"
+            )));
+        }
+        // SAFETY: `raw` was just returned by open and is owned by nobody else.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+
+    /// Replaces `npages` pages from `first` of both views by the same pages of
+    /// `file` (from [`Segment::open_peer`]: a same-host rank's segment of the same
+    /// geometry, whose region lies at the same offsets as in ours), read-write: from
+    /// then on this rank's loads, stores and copies there reach that memory directly.
+    /// The mappings keep the file alive; the caller may close it.
+    pub(crate) fn share(&self, first: usize, npages: usize, file: &OwnedFd) -> Result<()> {
+        let end = first
+            .checked_add(npages)
+            .and_then(|e| e.checked_mul(self.page));
+        if npages == 0 || end.is_none_or(|e| e > self.len) {
+            return Err(WinError::InvalidArgument(format!(
+                "sharing pages {first}..+{npages} of a {}-byte segment",
+                self.len
+            )));
+        }
+        let (off, len) = (first * self.page, npages * self.page);
+        for base in [self.svc, self.app] {
+            // SAFETY: MAP_FIXED over `len` bytes inside one of our own two mappings
+            // (bounds checked above), which only this struct unmaps; Rust code holds
+            // no reference into either view (views copy single elements with volatile
+            // accesses, the service view is reached through `read`/`write`), so
+            // replacing the pages under them invalidates nothing.
+            let p = unsafe {
+                libc::mmap(
+                    base.add(off) as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    off as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(WinError::last_os(
+                    "mapping a same-host rank's window memory",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Length in bytes.

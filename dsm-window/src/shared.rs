@@ -127,6 +127,21 @@ pub(crate) const OWNED: u8 = 0;
 pub(crate) const INVALID: u8 = 1;
 pub(crate) const READONLY: u8 = 2;
 pub(crate) const DIRTY: u8 = 3;
+/// A page of a same-host home, mapped read-write straight from the home's memory
+/// (see [`Sharing`]): never faults, never cached, never diffed.
+pub(crate) const SHARED: u8 = 4;
+
+/// Which regions ranks map from each other's memory, decided at allocation.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Sharing {
+    /// `direct[r]`: this rank maps rank `r`'s region from `r`'s own memory (same
+    /// host, linked through shared memory, blocked layout, both willing).
+    pub direct: Vec<bool>,
+    /// `pinned[h]`: some rank maps `h`'s region directly, so `h`'s pages never
+    /// migrate (a moved page would leave those mappings on a stale copy). The same on
+    /// every rank.
+    pub pinned: Vec<bool>,
+}
 
 /// The DSM view's page table: state per segment page, and twins of dirty pages.
 pub(crate) struct PageTable {
@@ -188,6 +203,8 @@ pub(crate) struct Shared {
     owners: Vec<AtomicUsize>,
     /// Pages whose owner is not their home (0: every route is the home, the fast path).
     moved: AtomicUsize,
+    /// Regions mapped from same-host ranks' memory.
+    pub sharing: Sharing,
     /// Pages this rank wrote since the last fence: diffs sent, and RMA writes.
     epoch_diffs: Mutex<BTreeSet<usize>>,
     /// Per page: the rank that alone wrote it in the last epochs that wrote it, and in
@@ -245,6 +262,7 @@ impl Shared {
         seg: Segment,
         geo: Geometry,
         state: Vec<u8>,
+        sharing: Sharing,
         poll: std::time::Duration,
     ) -> Self {
         let batches = (0..geo.n).map(|_| Mutex::new(Vec::new())).collect();
@@ -255,6 +273,7 @@ impl Shared {
             batches,
             owners,
             moved: AtomicUsize::new(0),
+            sharing,
             epoch_diffs: Mutex::new(BTreeSet::new()),
             streaks: Mutex::new(HashMap::new()),
             comm,
@@ -461,12 +480,23 @@ impl Shared {
     /// decides the same moves. A page written by exactly one rank other than its owner
     /// extends that rank's streak (or starts a new one); a page written by several
     /// ranks loses its streak; a page nobody wrote keeps it (fences that only read do
-    /// not reset a pattern). A streak of [`MIGRATE_AFTER`] moves the page.
+    /// not reset a pattern). A streak of [`MIGRATE_AFTER`] moves the page. Pages of
+    /// pinned homes ([`Sharing::pinned`]) never move.
     pub(crate) fn decide(&self, diffs: &[Vec<usize>]) -> Vec<Move> {
         // None: several writers.
         let mut writers: BTreeMap<usize, Option<usize>> = BTreeMap::new();
+        let pinned = |p: usize| {
+            self.sharing
+                .pinned
+                .get(self.geo.home_of(p))
+                .copied()
+                .unwrap_or(false)
+        };
         for (r, pages) in diffs.iter().enumerate() {
-            for &p in pages.iter().filter(|&&p| p < self.geo.total_pages) {
+            for &p in pages
+                .iter()
+                .filter(|&&p| p < self.geo.total_pages && !pinned(p))
+            {
                 writers
                     .entry(p)
                     .and_modify(|w| {
@@ -649,6 +679,9 @@ impl Shared {
         match (pt.state[p], kind) {
             (OWNED, _) => Err(WinError::InvalidArgument(format!(
                 "fault on page {p}, which this rank owns and keeps mapped"
+            ))),
+            (SHARED, _) => Err(WinError::InvalidArgument(format!(
+                "fault on page {p}, which this rank maps from its same-host home"
             ))),
             (DIRTY, _) | (READONLY, FaultKind::Read) => Ok(()), // served meanwhile
             (INVALID, k) => {

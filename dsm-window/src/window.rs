@@ -13,7 +13,7 @@ use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, Registration};
 use crate::proto::{self, Header, Kind, TAG_BARRIER, TAG_COMPLETE, TAG_POST, TAG_SETUP};
 use crate::segment::{page_size, Prot, Segment};
-use crate::shared::{Geometry, Shared, INVALID, OWNED};
+use crate::shared::{Geometry, Shared, Sharing, INVALID, OWNED, SHARED};
 
 mod typed;
 pub use typed::Typed;
@@ -27,6 +27,45 @@ pub enum Layout {
     /// Page `p` of the segment is homed at rank `p % n` (document 000's placement);
     /// needs the same size on every rank.
     RoundRobin,
+}
+
+/// Fixed words of a rank's set-up report (size, layout, pid, memory descriptor,
+/// willing to share); a bitmap of the ranks it reaches through shared memory follows.
+const SETUP_FIXED: usize = 5;
+
+/// How [`Window::allocate_opts`] lays out and maps a window.
+///
+/// ```
+/// use dsmpi_window::{Layout, WinOptions, Window};
+///
+/// dsmpi_runtime::run_local(2, |world| {
+///     // Keep the page-fault path even between ranks of one host.
+///     let opts = WinOptions { share_same_host: false, ..WinOptions::default() };
+///     let win = Window::allocate_opts(&world, 4096, opts).unwrap();
+///     assert_eq!(win.layout(), Layout::Blocked);
+///     assert!(!win.shared_with(1 - world.rank()));
+///     win.free().unwrap();
+/// })
+/// .unwrap();
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WinOptions {
+    /// Where the regions lie in the segment.
+    pub layout: Layout,
+    /// Map the regions of ranks linked to this one through shared memory (same host,
+    /// the `shm` transport) straight from their memory, as MPI's shared-memory windows
+    /// do: loads and stores there never fault. Applies to the blocked layout, between
+    /// two ranks that both ask for it. Default: on.
+    pub share_same_host: bool,
+}
+
+impl Default for WinOptions {
+    fn default() -> WinOptions {
+        WinOptions {
+            layout: Layout::Blocked,
+            share_same_host: true,
+        }
+    }
 }
 
 /// Passive-target lock type.
@@ -158,16 +197,48 @@ impl Window {
         Window::allocate_with(comm, bytes_per_rank, Layout::Blocked)
     }
 
-    /// Allocates a window with the given layout. Collective over `comm`; every rank
-    /// must pass the same layout (and, for [`Layout::RoundRobin`], the same size).
+    /// Allocates a window with the given layout (and the other options at their
+    /// defaults). Collective over `comm`; every rank must pass the same layout (and,
+    /// for [`Layout::RoundRobin`], the same size).
     pub fn allocate_with(comm: &Communicator, bytes: usize, layout: Layout) -> Result<Window> {
+        let opts = WinOptions {
+            layout,
+            ..WinOptions::default()
+        };
+        Window::allocate_opts(comm, bytes, opts)
+    }
+
+    /// Allocates a window with the given options. Collective over `comm`; every rank
+    /// must pass the same layout (and, for [`Layout::RoundRobin`], the same size).
+    pub fn allocate_opts(comm: &Communicator, bytes: usize, opts: WinOptions) -> Result<Window> {
+        let layout = opts.layout;
         let comm = comm.dup();
         let (n, me) = (comm.size(), comm.rank());
-        let mine = [bytes as u64, layout as u64];
-        let mut all = vec![[0u64; 2]; n];
-        all[me] = mine;
+        let page = page_size();
+        // What every rank tells every other: its size, its layout, where its memory
+        // can be opened (pid, descriptor of the memory file), whether it shares, and
+        // which ranks it reaches through shared memory (a bitmap).
+        let words = SETUP_FIXED + n.div_ceil(64);
+        let mut mine = vec![0u64; words];
+        mine[0] = bytes as u64;
+        mine[1] = layout as u64;
+        mine[2] = u64::from(std::process::id());
+        mine[4] = u64::from(opts.share_same_host);
+        for r in (0..n).filter(|&r| r != me && comm.shares_memory_with(r)) {
+            mine[SETUP_FIXED + r / 64] |= 1 << (r % 64);
+        }
+        let sizes_of = |all: &[Vec<u64>]| -> Result<Vec<usize>> {
+            all.iter()
+                .map(|a| usize::try_from(a[0]))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| WinError::InvalidArgument("window size overflows".into()))
+        };
+        // Sizes and layouts first (the memory's size depends on them), then the
+        // memory's whereabouts.
+        let mut all = vec![vec![0u64; 2]; n];
+        all[me] = mine[..2].to_vec();
         for r in (0..n).filter(|&r| r != me) {
-            comm.send(&mine, r, TAG_SETUP)?;
+            comm.send(&mine[..2], r, TAG_SETUP)?;
         }
         for (r, slot) in all.iter_mut().enumerate().filter(|(r, _)| *r != me) {
             comm.recv_into(&mut slot[..], r, TAG_SETUP)?;
@@ -182,14 +253,34 @@ impl Window {
                 "a round-robin window needs the same size on every rank".into(),
             ));
         }
-        let sizes = all
-            .iter()
-            .map(|a| usize::try_from(a[0]))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| WinError::InvalidArgument("window size overflows".into()))?;
-        let page = page_size();
+        let sizes = sizes_of(&all)?;
         let geo = Geometry::new(me, page, layout, sizes);
         let seg = Segment::new(geo.total_pages.max(1) * page)?;
+        mine[3] = seg.raw_fd() as u64;
+        let mut all = vec![vec![0u64; words]; n];
+        all[me] = mine.clone();
+        for r in (0..n).filter(|&r| r != me) {
+            comm.send(&mine, r, TAG_SETUP)?;
+        }
+        for (r, slot) in all.iter_mut().enumerate().filter(|(r, _)| *r != me) {
+            comm.recv_into(&mut slot[..], r, TAG_SETUP)?;
+        }
+        // Ranks a and b share iff both want to, each reaches the other through shared
+        // memory, and the layout keeps each region in one run of pages. Every rank
+        // computes the same table from the same reports.
+        let reaches = |a: usize, b: usize| all[a][SETUP_FIXED + b / 64] & (1 << (b % 64)) != 0;
+        let pair = |a: usize, b: usize| {
+            a != b
+                && layout == Layout::Blocked
+                && all[a][4] != 0
+                && all[b][4] != 0
+                && reaches(a, b)
+                && reaches(b, a)
+        };
+        let mut sharing = Sharing {
+            direct: (0..n).map(|r| pair(me, r)).collect(),
+            pinned: (0..n).map(|h| (0..n).any(|b| pair(h, b))).collect(),
+        };
         let mut state = vec![INVALID; geo.total_pages];
         let mut home_pages: Vec<usize> = (0..geo.region_pages[me])
             .map(|k| geo.seg_page(me, k))
@@ -209,13 +300,38 @@ impl Window {
         for &p in &home_pages {
             state[p] = OWNED;
         }
+        // Same-host regions: map them from their home's memory. A home whose memory
+        // cannot be opened (ptrace rules) keeps the fault path for this rank; its
+        // pages stay pinned all the same, which costs only migrations.
+        for (h, report) in all.iter().enumerate() {
+            if !sharing.direct[h] {
+                continue;
+            }
+            let (first, count) = (geo.seg_page(h, 0), geo.region_pages[h]);
+            if count == 0 {
+                continue;
+            }
+            let (pid, fd) = (report[2] as u32, report[3] as i32);
+            match Segment::open_peer(pid, fd) {
+                Ok(file) => {
+                    seg.share(first, count, &file)?;
+                    state[first..first + count].fill(SHARED);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "dsmpi-window: rank {me}: not sharing rank {h}'s region (same host): {e}; its pages fault and are fetched instead"
+                    );
+                    sharing.direct[h] = false;
+                }
+            }
+        }
         let app = seg.app_base() as usize;
         let app_len = seg.len();
         // Ranks of this window on this host: polling pays only with cores to spare.
         let host = comm.host_of(me).to_string();
         let local = (0..n).filter(|&r| comm.host_of(r) == host).count();
         let poll = crate::poll::poll_window(local);
-        let sh = Arc::new(Shared::new(comm, seg, geo, state, poll));
+        let sh = Arc::new(Shared::new(comm, seg, geo, state, sharing, poll));
 
         let s2 = sh.clone();
         let service = spawn(format!("dsm-svc-{me}"), move || s2.service_loop())?;
@@ -265,6 +381,15 @@ impl Window {
     /// Number of ranks in the window.
     pub fn size(&self) -> usize {
         self.sh.geo.n
+    }
+
+    /// Whether this rank maps `rank`'s region straight from `rank`'s memory (same
+    /// host, see [`WinOptions::share_same_host`]): loads and stores there never fault,
+    /// and are visible to `rank` at once (still ordered for others only by the
+    /// window's synchronization, as MPI's unified memory model says). `false` for
+    /// this rank itself, whose region is its own memory anyway.
+    pub fn shared_with(&self, rank: usize) -> bool {
+        self.sh.sharing.direct.get(rank).copied().unwrap_or(false)
     }
 
     /// The layout of the segment.
@@ -358,6 +483,14 @@ impl Window {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a put or get on `target`'s region may copy straight through the
+    /// shared mapping: the region is mapped from `target`'s memory (so its pages
+    /// never move), and no operation of this rank to `target` is still unflushed (a
+    /// direct copy would overtake it; requests from one origin stay in order).
+    fn direct(&self, target: usize) -> bool {
+        self.sh.sharing.direct.get(target).copied().unwrap_or(false) && !self.pending()[target]
+    }
+
     fn mark_pending(&self, target: usize) {
         self.pending()[target] = true;
     }
@@ -368,6 +501,13 @@ impl Window {
     pub fn put<T: Pod>(&self, origin: &[T], target: usize, disp: usize) -> Result<()> {
         let (off, len) = self.span::<T>(target, disp, origin.len())?;
         let bytes: &[u8] = bytemuck::cast_slice(origin);
+        if self.direct(target) {
+            self.sh
+                .seg
+                .write(self.sh.geo.seg_offset(target, off), bytes)?;
+            self.sh.note_writes(target, &[(off, len)]);
+            return Ok(());
+        }
         for (owner, o, l) in self.sh.route(target, off, len)? {
             let mut h = Header::new(Kind::Put, o, l);
             h.extra = target as u64;
@@ -383,6 +523,9 @@ impl Window {
     pub fn get<T: Pod>(&self, buf: &mut [T], target: usize, disp: usize) -> Result<()> {
         let (off, len) = self.span::<T>(target, disp, buf.len())?;
         let out: &mut [u8] = bytemuck::cast_slice_mut(buf);
+        if self.direct(target) {
+            return self.sh.seg.read(self.sh.geo.seg_offset(target, off), out);
+        }
         // Ask every owner first, then collect the answers.
         let mut waits = Vec::new();
         for (owner, o, l) in self.sh.route(target, off, len)? {

@@ -4,11 +4,21 @@
 //! Every test separates writing epochs from reading epochs with a fence, so reads never
 //! race with the next writes; epochs without writes are neutral for the policy.
 
-use dsmpi_runtime::run_local;
-use dsmpi_window::{LockType, Op, Window};
+use dsmpi_runtime::{run_local, run_local_with, Communicator, LocalBackend};
+use dsmpi_window::{LockType, Op, WinOptions, Window};
 
 const PAGE: usize = 4096;
 const WORDS: usize = PAGE / 8;
+
+/// A window whose pages may migrate: same-host regions mapped directly are pinned to
+/// their home, so these tests keep every pair on the fetch-and-diff path.
+fn alloc(world: &Communicator, bytes: usize) -> Window {
+    let opts = WinOptions {
+        share_same_host: false,
+        ..WinOptions::default()
+    };
+    Window::allocate_opts(world, bytes, opts).unwrap()
+}
 
 /// Rank `w` writes words 0..8 of rank 0's first page through the view: `value + i`.
 fn write_alone(win: &Window, w: usize, value: u64) {
@@ -38,7 +48,7 @@ fn check_all(win: &Window, value: u64) {
 fn a_page_written_alone_migrates_to_its_writer() {
     for n in 1..=5 {
         run_local(n, |world| {
-            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let win = alloc(&world, 2 * PAGE);
             let (me, n) = (world.rank(), world.size());
             let w = n - 1; // for n = 1 the writer is the home: nothing to migrate
             win.fence().unwrap();
@@ -80,7 +90,7 @@ fn a_page_written_alone_migrates_to_its_writer() {
 fn a_page_written_by_two_ranks_does_not_migrate() {
     for n in 3..=5 {
         run_local(n, |world| {
-            let win = Window::allocate(&world, PAGE).unwrap();
+            let win = alloc(&world, PAGE);
             let v = win.view::<u64>().unwrap();
             let me = world.rank();
             let base = v.index_of(0, 0).unwrap();
@@ -105,7 +115,7 @@ fn a_page_written_by_two_ranks_does_not_migrate() {
 fn rma_on_a_migrated_page_lands_exactly() {
     for n in 2..=5 {
         run_local(n, |world| {
-            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let win = alloc(&world, 2 * PAGE);
             let (me, n) = (world.rank(), world.size());
             let w = 1;
             for epoch in 0..2u64 {
@@ -168,7 +178,7 @@ fn rma_on_a_migrated_page_lands_exactly() {
 fn ownership_moves_on_and_back() {
     for n in 2..=5 {
         run_local(n, |world| {
-            let win = Window::allocate(&world, PAGE).unwrap();
+            let win = alloc(&world, PAGE);
             let n = world.size();
             // Rank 1, then (with three ranks or more) rank 2, then the home writes alone.
             let mut writers = vec![1];
@@ -201,7 +211,7 @@ fn a_page_updated_by_rma_alone_migrates_to_its_origin() {
     // Other ranks only read the first page (atomic NO_OP reads), which is neutral.
     for n in 2..=5 {
         run_local(n, |world| {
-            let win = Window::allocate(&world, 2 * PAGE).unwrap();
+            let win = alloc(&world, 2 * PAGE);
             let (me, n) = (world.rank(), world.size());
             let w = n - 1;
             let strided =
@@ -257,4 +267,26 @@ fn a_page_updated_by_rma_alone_migrates_to_its_origin() {
         })
         .unwrap();
     }
+}
+
+#[test]
+fn pages_of_a_shared_home_never_migrate() {
+    // Same-host ranks over shared memory map rank 0's region from rank 0's memory; a
+    // page that moved would leave those mappings on a stale copy, so it stays home
+    // however long one rank writes it alone, and every value still lands.
+    run_local_with(LocalBackend::Shm, 3, |world| {
+        let win = Window::allocate(&world, PAGE).unwrap();
+        assert!(win.shared_with(0) || world.rank() == 0);
+        for epoch in 0..5u64 {
+            write_alone(&win, 1, 100 * epoch);
+            win.fence().unwrap();
+            check_all(&win, 100 * epoch);
+            win.fence().unwrap();
+        }
+        assert_eq!(win.stats().migrations, 0);
+        assert_eq!(win.owner_of(0).unwrap(), 0);
+        assert_eq!(win.stats().faults, 0);
+        win.free().unwrap();
+    })
+    .unwrap();
 }

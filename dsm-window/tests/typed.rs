@@ -2,7 +2,7 @@
 //! reference: element index lists applied to local copies of every region.
 
 use dsmpi_runtime::{run_local, run_local_with, Communicator, LocalBackend};
-use dsmpi_window::{Datatype, Op, Typed, WinError, Window};
+use dsmpi_window::{Datatype, Op, Typed, WinError, WinOptions, Window};
 
 /// u64 elements per region: two pages, so strided accesses cross a page boundary.
 const ELEMS: usize = 1024;
@@ -246,7 +246,12 @@ fn typed_rma_after_pages_migrated() {
     // owners (split per owner) and must still land exactly.
     run_local(3, |world| {
         let me = world.rank();
-        let win = Window::allocate(&world, ELEMS * 8).unwrap();
+        // Same-host regions mapped directly never migrate: keep the fetch path.
+        let opts = WinOptions {
+            share_same_host: false,
+            ..WinOptions::default()
+        };
+        let win = Window::allocate_opts(&world, ELEMS * 8, opts).unwrap();
         let v = win.view::<u64>().unwrap();
         win.fence().unwrap();
         for e in 0..3u64 {

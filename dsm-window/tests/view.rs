@@ -1,7 +1,19 @@
 //! Load/store through views: the fault path, twins and diffs, invalidation.
 
+use dsmpi_runtime::Communicator;
 use dsmpi_runtime::{run_local, run_local_with, LocalBackend};
-use dsmpi_window::{Layout, LockType, Window};
+use dsmpi_window::{Layout, LockType, WinOptions, Window};
+
+/// A blocked window that maps same-host regions directly (`share`) or keeps the
+/// fault path between every pair (the tests of coherence run both ways; under
+/// `DSMPI_TRANSPORT=tcp` nothing is shared either way).
+fn alloc(world: &Communicator, bytes: usize, share: bool) -> Window {
+    let opts = WinOptions {
+        share_same_host: share,
+        ..WinOptions::default()
+    };
+    Window::allocate_opts(world, bytes, opts).unwrap()
+}
 
 #[test]
 fn page_bounced_among_nine_ranks_under_exclusive_locks() {
@@ -38,8 +50,14 @@ fn page_bounced_among_nine_ranks_under_exclusive_locks() {
 
 #[test]
 fn two_ranks_write_different_halves_of_one_page() {
+    for share in [false, true] {
+        two_halves(share);
+    }
+}
+
+fn two_halves(share: bool) {
     run_local(3, |world| {
-        let win = Window::allocate(&world, 4096).unwrap();
+        let win = alloc(&world, 4096, share);
         let v = win.view::<u8>().unwrap();
         let page = v.index_of(2, 0).unwrap(); // homed at rank 2
         let me = world.rank();
@@ -79,8 +97,14 @@ fn two_ranks_write_different_halves_of_one_page() {
 
 #[test]
 fn view_and_rma_see_each_other_across_epochs() {
+    for share in [false, true] {
+        view_and_rma(share);
+    }
+}
+
+fn view_and_rma(share: bool) {
     run_local(2, |world| {
-        let win = Window::allocate(&world, 3 * 4096).unwrap();
+        let win = alloc(&world, 3 * 4096, share);
         let v = win.view::<u32>().unwrap();
         let me = world.rank();
         let other = 1 - me;
@@ -110,7 +134,7 @@ fn view_and_rma_see_each_other_across_epochs() {
 #[test]
 fn threads_faulting_on_one_page_cause_one_fetch() {
     run_local(2, |world| {
-        let win = Window::allocate(&world, 4096).unwrap();
+        let win = alloc(&world, 4096, false);
         let v = win.view::<u64>().unwrap();
         let me = world.rank();
         if me == 1 {
@@ -178,10 +202,16 @@ fn round_robin_pages_written_by_every_rank_in_turn() {
 
 #[test]
 fn byte_range_locks_fibonacci() {
+    for share in [false, true] {
+        fibonacci(share);
+    }
+}
+
+fn fibonacci(share: bool) {
     let n = 5;
     let steps = 60u64;
     run_local(n, |world| {
-        let win = Window::allocate(&world, 64).unwrap();
+        let win = alloc(&world, 64, share);
         let v = win.view::<u64>().unwrap();
         // Words at rank 2's region: a, b, step.
         let base = v.index_of(2, 0).unwrap();

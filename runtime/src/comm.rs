@@ -178,6 +178,18 @@ impl Communicator {
         self.inner.transport.host(self.inner.group.world_of[r])
     }
 
+    /// Whether this rank and rank `r` of this communicator are linked through shared
+    /// memory (same host, the `shm` transport; never with `DSMPI_TRANSPORT=tcp`), so
+    /// that they may map each other's memory. `false` for this rank itself and for an
+    /// `r` out of range.
+    pub fn shares_memory_with(&self, r: usize) -> bool {
+        self.inner
+            .group
+            .world_of
+            .get(r)
+            .is_some_and(|&w| self.inner.transport.shares_memory_with(w))
+    }
+
     /// World rank of rank `r` of this communicator.
     pub fn world_rank(&self, r: usize) -> usize {
         self.inner.group.world_of[r]

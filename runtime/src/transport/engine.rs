@@ -1969,6 +1969,10 @@ impl Transport for Engine {
         self.backend
     }
 
+    fn shares_memory_with(&self, rank: usize) -> bool {
+        self.links.get(rank).is_some_and(Option::is_some)
+    }
+
     unsafe fn isend(
         &self,
         dest: usize,

@@ -79,6 +79,14 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     fn host(&self, rank: usize) -> &str;
     /// Short backend name (`"tcp"`, `"local"`, ...).
     fn name(&self) -> &'static str;
+    /// Whether this rank reaches world rank `rank` through shared memory (a same-host
+    /// link of the `shm` backend), so that the two may also map each other's memory
+    /// (what DSM windows do with same-host regions). `false` for itself and by
+    /// default.
+    fn shares_memory_with(&self, rank: usize) -> bool {
+        let _ = rank;
+        false
+    }
 
     /// Starts sending `len` bytes at `data` to world rank `dest`.
     ///
