@@ -278,8 +278,10 @@
 //! faults slower, not faster. Every rank already has a thread busy-waiting in the
 //! runtime whenever it waits for a message (the runtime spins ~50 µs before it
 //! sleeps, so back-to-back requests never find a service thread asleep anyway), and
-//! the runtime wakes a sleeping thread of the rank for every message that arrives
-//! whoever polls; a polling window thread takes the core those need. Polling the
+//! over TCP the kernel wakes the rank's thread asleep in `epoll_wait` for every
+//! message that arrives, whoever reads it (over shared memory the runtime no longer
+//! rings for it while another thread spins); a polling window thread takes the core
+//! those need. Polling the
 //! *reply* at the origin (`iprobe` + yield instead of the blocking receive) was tried
 //! too and made an 8 B get 50–80 µs instead of 8 µs in processes: the reply is then
 //! read by the rank's sleeping poller thread (a wake-up) instead of by the spinning
