@@ -543,6 +543,22 @@ fn dsmpi_programs_run_across_hosts_with_a_bounded_fanout() {
         "{:?}",
         f.stdout
     );
+    // A DSM window over three hosts of two ranks: the ranks of rank 0's host map its
+    // region directly, the others fault, fetch and send diffs; the Fibonacci
+    // sequence advanced by all of them under byte-range locks must come out exact.
+    let fib = examples.join("dsm_fibonacci");
+    if fib.exists() {
+        let fib = fib.to_string_lossy().into_owned();
+        let f = run(&args(&hf, &agent, &["-n", "6", &fib]));
+        assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+        assert!(
+            f.stdout
+                .iter()
+                .any(|l| l.starts_with("6 ranks computed fib(") && l.ends_with(": ok")),
+            "{:?}",
+            f.stdout
+        );
+    }
     c.assert_clean();
 }
 
