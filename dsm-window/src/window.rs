@@ -135,6 +135,21 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
         })
 }
 
+/// Every rank's report of `mine.len()` words (the same length on every rank), in
+/// rank order: each rank sends its own to every other. Collective over `comm`.
+fn exchange(comm: &Communicator, mine: &[u64]) -> Result<Vec<Vec<u64>>> {
+    let (n, me) = (comm.size(), comm.rank());
+    let mut all = vec![vec![0u64; mine.len()]; n];
+    all[me] = mine.to_vec();
+    for r in (0..n).filter(|&r| r != me) {
+        comm.send(mine, r, TAG_SETUP)?;
+    }
+    for (r, slot) in all.iter_mut().enumerate().filter(|(r, _)| *r != me) {
+        comm.recv_into(&mut slot[..], r, TAG_SETUP)?;
+    }
+    Ok(all)
+}
+
 /// Barrier on the window's private communicator: the all-gather of
 /// [`gather_pages`] with nothing to report. One message pattern for every barrier-like
 /// step (allocation, fence, teardown), so that a rank in one of them still matches
@@ -227,22 +242,9 @@ impl Window {
         for r in (0..n).filter(|&r| r != me && comm.shares_memory_with(r)) {
             mine[SETUP_FIXED + r / 64] |= 1 << (r % 64);
         }
-        let sizes_of = |all: &[Vec<u64>]| -> Result<Vec<usize>> {
-            all.iter()
-                .map(|a| usize::try_from(a[0]))
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| WinError::InvalidArgument("window size overflows".into()))
-        };
         // Sizes and layouts first (the memory's size depends on them), then the
         // memory's whereabouts.
-        let mut all = vec![vec![0u64; 2]; n];
-        all[me] = mine[..2].to_vec();
-        for r in (0..n).filter(|&r| r != me) {
-            comm.send(&mine[..2], r, TAG_SETUP)?;
-        }
-        for (r, slot) in all.iter_mut().enumerate().filter(|(r, _)| *r != me) {
-            comm.recv_into(&mut slot[..], r, TAG_SETUP)?;
-        }
+        let all = exchange(&comm, &mine[..2])?;
         if all.iter().any(|a| a[1] != layout as u64) {
             return Err(WinError::InvalidArgument(
                 "ranks disagree on the window layout".into(),
@@ -253,18 +255,15 @@ impl Window {
                 "a round-robin window needs the same size on every rank".into(),
             ));
         }
-        let sizes = sizes_of(&all)?;
+        let sizes = all
+            .iter()
+            .map(|a| usize::try_from(a[0]))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| WinError::InvalidArgument("window size overflows".into()))?;
         let geo = Geometry::new(me, page, layout, sizes);
         let seg = Segment::new(geo.total_pages.max(1) * page)?;
         mine[3] = seg.raw_fd() as u64;
-        let mut all = vec![vec![0u64; words]; n];
-        all[me] = mine.clone();
-        for r in (0..n).filter(|&r| r != me) {
-            comm.send(&mine, r, TAG_SETUP)?;
-        }
-        for (r, slot) in all.iter_mut().enumerate().filter(|(r, _)| *r != me) {
-            comm.recv_into(&mut slot[..], r, TAG_SETUP)?;
-        }
+        let all = exchange(&comm, &mine)?;
         // Ranks a and b share iff both want to, each reaches the other through shared
         // memory, and the layout keeps each region in one run of pages. Every rank
         // computes the same table from the same reports.

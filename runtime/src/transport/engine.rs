@@ -950,7 +950,7 @@ impl Engine {
                 peer.want_out = false;
             }
         }
-        if wrote >= BULK_MOVE || (wrote > 0 && self.links[p].is_none()) {
+        if wrote > 0 && self.long_transfer(p, wrote) {
             st.moved = st.moved.wrapping_add(1);
         }
         for req in done_reqs {
@@ -1067,7 +1067,7 @@ impl Engine {
             }
             let n = r as usize;
             st.last_peer = Some(p);
-            if n >= BULK_MOVE || direct.is_some() || self.links[p].is_none() {
+            if direct.is_some() || self.long_transfer(p, n) {
                 st.moved = st.moved.wrapping_add(1);
             }
             let peer = &mut st.peers[p];
@@ -1393,6 +1393,13 @@ impl Engine {
             Then::Fail { req, err } => Self::finish(st, req, Err(err)),
             Then::Drop => {}
         }
+    }
+
+    /// Whether `n` bytes moved at once on `p`'s link count as a long transfer under
+    /// way (which keeps waiters polling; see [`BULK_MOVE`]): over a ring, at least
+    /// `BULK_MOVE`; over a socket, any.
+    fn long_transfer(&self, p: usize, n: usize) -> bool {
+        n >= BULK_MOVE || self.links[p].is_none()
     }
 
     /// Marks a peer lost and fails everything that waits on it.
