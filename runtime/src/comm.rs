@@ -8,7 +8,7 @@ use bytemuck::Pod;
 
 use crate::error::{Error, Result};
 use crate::request::{OwnedRequest, Request, Scope};
-use crate::transport::{Completion, RawStatus, RecvTarget, ReqId, Transport};
+use crate::transport::{Completion, Posted, RawStatus, RecvTarget, ReqId, Transport};
 use crate::{Tag, ANY_SOURCE, ANY_TAG, TAG_UB};
 
 /// Tag of the runtime's own exchange inside [`Communicator::split`] (library plane).
@@ -358,7 +358,7 @@ impl Communicator {
     ///
     /// # Safety
     /// `bytes` must stay valid and unmodified until the request completes.
-    unsafe fn post_send(&self, bytes: &[u8], dest: usize, tag: Tag) -> Result<ReqId> {
+    unsafe fn post_send(&self, bytes: &[u8], dest: usize, tag: Tag) -> Result<Posted> {
         let dest = self.dest_world(dest)?;
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -534,8 +534,8 @@ impl Communicator {
     ) -> Result<Request<'s>> {
         // SAFETY: `buf` is borrowed for 'a, which outlives the scope; the scope waits
         // for every request it registered before 'a ends, even if the request is leaked.
-        let id = unsafe { self.post_send(bytemuck::cast_slice(buf), dest, tag)? };
-        Ok(Request::new(scope, self.clone(), id))
+        let posted = unsafe { self.post_send(bytemuck::cast_slice(buf), dest, tag)? };
+        Ok(Request::new(scope, self, posted))
     }
 
     /// Starts receiving into `buf` from `source` with `tag`; `buf` stays borrowed until
@@ -550,7 +550,7 @@ impl Communicator {
         let tag = check_recv_tag(tag)?;
         // SAFETY: as in `isend`: the scope outlives no borrow of `buf`.
         let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(buf), source, tag)? };
-        Ok(Request::new(scope, self.clone(), id))
+        Ok(Request::new(scope, self, Posted::Pending(id)))
     }
 
     /// Starts sending `buf`, which the request owns until [`OwnedRequest::wait`]
@@ -565,8 +565,8 @@ impl Communicator {
         // SAFETY: the heap block of `buf` moves into the request (moving a Vec does not
         // move its heap block) and is freed only after the transport completed the
         // send: `wait` and `Drop` wait first, and a leaked request leaks the block.
-        let id = unsafe { self.post_send(bytemuck::cast_slice(&buf), dest, tag)? };
-        Ok(OwnedRequest::new(self.clone(), id, buf))
+        let posted = unsafe { self.post_send(bytemuck::cast_slice(&buf), dest, tag)? };
+        Ok(OwnedRequest::new(self.clone(), posted, buf))
     }
 
     /// Starts receiving into `buf` (up to its length), which the request owns until
@@ -580,7 +580,7 @@ impl Communicator {
         let tag = check_recv_tag(tag)?;
         // SAFETY: as in `isend_owned`: the heap block outlives the request's use of it.
         let id = unsafe { self.post_recv(bytemuck::cast_slice_mut(&mut buf), source, tag)? };
-        Ok(OwnedRequest::new(self.clone(), id, buf))
+        Ok(OwnedRequest::new(self.clone(), Posted::Pending(id), buf))
     }
 
     /// rsmpi-style handle on one rank of this communicator.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::comm::{Communicator, Status};
 use crate::error::{Error, Result};
-use crate::transport::{ReqId, Transport};
+use crate::transport::{Posted, ReqId, Transport};
 
 /// Owner of the buffers lent to non-blocking operations; see the module docs.
 ///
@@ -47,21 +47,33 @@ impl std::fmt::Debug for Scope<'_> {
 /// The requests of a scope not yet completed through their handles: slots with a
 /// free list, so that adding and settling one costs the same however many are in
 /// flight (a window of 64 sends settled in order used to scan the list each time).
+/// Each transport is kept once (a scope rarely sees more than one), not once per
+/// request: a reference count touched twice per request was a measurable part of a
+/// small receive.
 #[derive(Default)]
 struct PendingList {
-    slots: Vec<Option<(Arc<dyn Transport>, ReqId)>>,
+    transports: Vec<Arc<dyn Transport>>,
+    /// (index into `transports`, request id there).
+    slots: Vec<Option<(usize, ReqId)>>,
     free: Vec<usize>,
 }
 
 impl PendingList {
-    fn add(&mut self, t: Arc<dyn Transport>, id: ReqId) -> usize {
+    fn add(&mut self, t: &Arc<dyn Transport>, id: ReqId) -> usize {
+        let ti = match self.transports.iter().position(|u| Arc::ptr_eq(u, t)) {
+            Some(ti) => ti,
+            None => {
+                self.transports.push(t.clone());
+                self.transports.len() - 1
+            }
+        };
         match self.free.pop() {
             Some(i) => {
-                self.slots[i] = Some((t, id));
+                self.slots[i] = Some((ti, id));
                 i
             }
             None => {
-                self.slots.push(Some((t, id)));
+                self.slots.push(Some((ti, id)));
                 self.slots.len() - 1
             }
         }
@@ -85,7 +97,8 @@ type Pending = RefCell<PendingList>;
 impl Scope<'_> {
     fn complete_all(&self) {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        for (t, id) in pending.slots.into_iter().flatten() {
+        for (ti, id) in pending.slots.into_iter().flatten() {
+            let t = &pending.transports[ti];
             // Errors have no one to go to here; what matters is that the transport
             // has let go of the buffer, which `wait` guarantees either way.
             let _ = t.wait(id);
@@ -116,59 +129,105 @@ pub fn scope<'a, R>(f: impl FnOnce(&Scope<'a>) -> R) -> R {
 #[must_use = "a request is waited for when dropped; wait for it to see its result"]
 pub struct Request<'s> {
     scope: &'s Pending,
-    /// This request's slot in its scope's list.
-    slot: usize,
-    comm: Communicator,
-    id: ReqId,
-    done: bool,
+    op: Op,
+}
+
+/// Where a [`Request`] stands.
+enum Op {
+    /// Lent to the transport: `id` there, `slot` in the scope's list.
+    InFlight {
+        comm: Communicator,
+        id: ReqId,
+        slot: usize,
+    },
+    /// Completed as it was posted (the transport made no request); not yet reported.
+    Completed(Status),
+    /// Reported by `wait`, `test` or `wait_all`: nothing left.
+    Settled,
 }
 
 impl std::fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Request({}, done: {})", self.id, self.done)
+        match &self.op {
+            Op::InFlight { id, .. } => write!(f, "Request({id}, in flight)"),
+            Op::Completed(_) => write!(f, "Request(completed)"),
+            Op::Settled => write!(f, "Request(settled)"),
+        }
     }
 }
 
 impl<'s> Request<'s> {
-    pub(crate) fn new<'a>(scope: &'s Scope<'a>, comm: Communicator, id: ReqId) -> Request<'s> {
-        let slot = scope.pending.borrow_mut().add(comm.transport().clone(), id);
+    /// A request for what `comm`'s transport started: an id it completes later, or a
+    /// send it completed at once (which costs the scope nothing).
+    pub(crate) fn new<'a>(
+        scope: &'s Scope<'a>,
+        comm: &Communicator,
+        posted: Posted,
+    ) -> Request<'s> {
+        let op = match posted {
+            Posted::Pending(id) => {
+                let slot = scope.pending.borrow_mut().add(comm.transport(), id);
+                Op::InFlight {
+                    comm: comm.clone(),
+                    id,
+                    slot,
+                }
+            }
+            Posted::Done(raw) => Op::Completed(comm.status_of(raw)),
+        };
         Request {
             scope: &scope.pending,
-            slot,
-            comm,
-            id,
-            done: false,
+            op,
         }
     }
 
+    /// Marks the request reported, taking it off its scope's list if it was there.
     fn settle(&mut self) {
-        self.done = true;
-        self.scope.borrow_mut().remove(self.slot);
+        if let Op::InFlight { slot, .. } = std::mem::replace(&mut self.op, Op::Settled) {
+            self.scope.borrow_mut().remove(slot);
+        }
     }
 
     /// Blocks until the operation completes.
     pub fn wait(mut self) -> Result<Status> {
-        let r = self.comm.transport().wait(self.id);
-        self.settle();
-        r.map(|c| self.comm.status_of(c.status))
-            .map_err(|e| self.comm.localize(e))
+        match &self.op {
+            Op::InFlight { comm, id, .. } => {
+                let comm = comm.clone();
+                let r = comm.transport().wait(*id);
+                self.settle();
+                r.map(|c| comm.status_of(c.status))
+                    .map_err(|e| comm.localize(e))
+            }
+            Op::Completed(s) => {
+                let s = *s;
+                self.settle();
+                Ok(s)
+            }
+            Op::Settled => Err(Error::InvalidArgument("request already completed".into())),
+        }
     }
 
     /// Completes the operation if it is done: `Ok(Some(status))` then, `Ok(None)` if
     /// it is still in flight. Makes progress either way.
     pub fn test(&mut self) -> Result<Option<Status>> {
-        if self.done {
-            return Err(Error::InvalidArgument("request already completed".into()));
-        }
-        match self.comm.transport().test(self.id) {
+        let (comm, id) = match &self.op {
+            Op::InFlight { comm, id, .. } => (comm.clone(), *id),
+            Op::Completed(s) => {
+                let s = *s;
+                self.settle();
+                return Ok(Some(s));
+            }
+            Op::Settled => return Err(Error::InvalidArgument("request already completed".into())),
+        };
+        match comm.transport().test(id) {
             Ok(Some(c)) => {
                 self.settle();
-                Ok(Some(self.comm.status_of(c.status)))
+                Ok(Some(comm.status_of(c.status)))
             }
             Ok(None) => Ok(None),
             Err(e) => {
                 self.settle();
-                Err(self.comm.localize(e))
+                Err(comm.localize(e))
             }
         }
     }
@@ -176,10 +235,10 @@ impl<'s> Request<'s> {
 
 impl Drop for Request<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.comm.transport().wait(self.id);
-            self.settle();
+        if let Op::InFlight { comm, id, .. } = &self.op {
+            let _ = comm.transport().wait(*id);
         }
+        self.settle();
     }
 }
 
@@ -188,34 +247,53 @@ impl Drop for Request<'_> {
 pub fn wait_all(mut reqs: Vec<Request<'_>>) -> Result<Vec<Status>> {
     let mut out = Vec::with_capacity(reqs.len());
     let mut first_err = None;
-    let one_transport = reqs.first().map(|r| r.comm.transport().clone());
-    match one_transport {
+    let mut in_flight = reqs.iter().filter_map(|r| match &r.op {
+        Op::InFlight { comm, id, .. } => Some((comm.transport(), *id)),
+        _ => None,
+    });
+    let one_transport = in_flight.next().map(|(t, _)| t.clone());
+    let uniform = one_transport
+        .as_ref()
+        .is_some_and(|t| in_flight.all(|(u, _)| Arc::ptr_eq(t, u)));
+    if let (Some(t), true) = (one_transport, uniform) {
         // The usual case: one transport completes them all in one call (one lock,
         // one progress loop) instead of one wait each.
-        Some(t) if reqs.iter().all(|r| Arc::ptr_eq(r.comm.transport(), &t)) => {
-            let ids: Vec<ReqId> = reqs.iter().map(|r| r.id).collect();
-            // On a failure of waiting itself, the requests are left to their drop,
-            // which waits for each.
-            let results = t.wait_all(&ids)?;
-            for r in reqs.iter_mut() {
-                r.settle();
-            }
-            for (r, res) in reqs.iter().zip(results) {
-                match res {
-                    Ok(c) => out.push(r.comm.status_of(c.status)),
-                    Err(e) => {
-                        first_err.get_or_insert(r.comm.localize(e));
-                    }
+        let ids: Vec<ReqId> = reqs
+            .iter()
+            .filter_map(|r| match &r.op {
+                Op::InFlight { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        // On a failure of waiting itself, the requests are left to their drop,
+        // which waits for each.
+        let mut results = t.wait_all(&ids)?.into_iter();
+        for r in reqs.iter_mut() {
+            let res = match &r.op {
+                Op::InFlight { comm, .. } => match results.next() {
+                    Some(Ok(c)) => Ok(comm.status_of(c.status)),
+                    Some(Err(e)) => Err(comm.localize(e)),
+                    None => Err(Error::InvalidArgument(
+                        "the transport returned fewer completions than requests".into(),
+                    )),
+                },
+                Op::Completed(s) => Ok(*s),
+                Op::Settled => Err(Error::InvalidArgument("request already completed".into())),
+            };
+            r.settle();
+            match res {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
-        _ => {
-            for r in reqs {
-                match r.wait() {
-                    Ok(s) => out.push(s),
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
+    } else {
+        for r in reqs {
+            match r.wait() {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
@@ -232,18 +310,42 @@ pub fn wait_any(reqs: &mut Vec<Request<'_>>) -> Result<(usize, Status)> {
     if reqs.is_empty() {
         return Err(Error::InvalidArgument("wait_any on no requests".into()));
     }
-    let t = reqs[0].comm.transport().clone();
-    if reqs.iter().any(|r| !Arc::ptr_eq(r.comm.transport(), &t)) {
-        return Err(Error::InvalidArgument(
-            "wait_any over requests of different universes".into(),
-        ));
+    // A send that completed as it was posted needs no transport.
+    if let Some(i) = reqs
+        .iter()
+        .position(|r| !matches!(r.op, Op::InFlight { .. }))
+    {
+        let r = reqs.remove(i);
+        return r.wait().map(|s| (i, s));
     }
-    let ids: Vec<ReqId> = reqs.iter().map(|r| r.id).collect();
+    let mut ids = Vec::with_capacity(reqs.len());
+    let mut t: Option<&Arc<dyn Transport>> = None;
+    for r in reqs.iter() {
+        if let Op::InFlight { comm, id, .. } = &r.op {
+            match t {
+                Some(t) if !Arc::ptr_eq(t, comm.transport()) => {
+                    return Err(Error::InvalidArgument(
+                        "wait_any over requests of different universes".into(),
+                    ));
+                }
+                _ => t = Some(comm.transport()),
+            }
+            ids.push(*id);
+        }
+    }
+    let t = match t {
+        Some(t) => t.clone(),
+        None => return Err(Error::InvalidArgument("wait_any on no requests".into())),
+    };
     let (i, res) = t.wait_any(&ids)?;
     let mut r = reqs.remove(i);
+    let comm = match &r.op {
+        Op::InFlight { comm, .. } => comm.clone(),
+        _ => return Err(Error::InvalidArgument("request already completed".into())),
+    };
     r.settle();
-    let c = res.map_err(|e| r.comm.localize(e))?;
-    Ok((i, r.comm.status_of(c.status)))
+    let c = res.map_err(|e| comm.localize(e))?;
+    Ok((i, comm.status_of(c.status)))
 }
 
 /// A non-blocking operation that owns its buffer: it needs no [`Scope`], and `wait`
@@ -282,21 +384,26 @@ pub fn wait_any(reqs: &mut Vec<Request<'_>>) -> Result<(usize, Status)> {
 /// ```
 pub struct OwnedRequest<T: bytemuck::Pod> {
     comm: Communicator,
-    id: ReqId,
+    posted: Posted,
     buf: Option<Vec<T>>,
 }
 
 impl<T: bytemuck::Pod> std::fmt::Debug for OwnedRequest<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "OwnedRequest({}, done: {})", self.id, self.buf.is_none())
+        write!(
+            f,
+            "OwnedRequest({:?}, done: {})",
+            self.posted,
+            self.buf.is_none()
+        )
     }
 }
 
 impl<T: bytemuck::Pod> OwnedRequest<T> {
-    pub(crate) fn new(comm: Communicator, id: ReqId, buf: Vec<T>) -> OwnedRequest<T> {
+    pub(crate) fn new(comm: Communicator, posted: Posted, buf: Vec<T>) -> OwnedRequest<T> {
         OwnedRequest {
             comm,
-            id,
+            posted,
             buf: Some(buf),
         }
     }
@@ -305,18 +412,21 @@ impl<T: bytemuck::Pod> OwnedRequest<T> {
     /// For a receive, the buffer holds the message in its first
     /// `status.count::<T>()` elements (its length is unchanged).
     pub fn wait(mut self) -> Result<(Vec<T>, Status)> {
-        let r = self.comm.transport().wait(self.id);
+        let r = match self.posted {
+            Posted::Pending(id) => self.comm.transport().wait(id).map(|c| c.status),
+            Posted::Done(raw) => Ok(raw),
+        };
         let buf = self.buf.take().unwrap_or_default();
-        let c = r.map_err(|e| self.comm.localize(e))?;
-        Ok((buf, self.comm.status_of(c.status)))
+        let raw = r.map_err(|e| self.comm.localize(e))?;
+        Ok((buf, self.comm.status_of(raw)))
     }
 }
 
 impl<T: bytemuck::Pod> Drop for OwnedRequest<T> {
     fn drop(&mut self) {
-        if self.buf.is_some() {
+        if let (Some(_), Posted::Pending(id)) = (&self.buf, self.posted) {
             // The transport may still use the buffer: free it only once it is done.
-            let _ = self.comm.transport().wait(self.id);
+            let _ = self.comm.transport().wait(id);
         }
     }
 }

@@ -553,3 +553,73 @@ fn large_messages_cross_in_both_directions_at_once() {
         }
     });
 }
+
+#[test]
+fn sends_completed_when_posted_mix_with_requests_in_flight() {
+    // Over shared memory a small send is complete as it is posted (no request in the
+    // transport); over sockets it is a request. Either way `wait_all` keeps the order,
+    // `wait_any` reports each request once, `test` reports once and then refuses, and
+    // an owned send hands its buffer back.
+    on_all(2, |w| {
+        let peer = 1 - w.rank();
+        if w.rank() == 0 {
+            let small = [5u32; 4];
+            let big = pattern(200_000, 9);
+            let sts = scope(|s| {
+                let reqs = vec![
+                    w.isend(s, &small, peer, 1).unwrap(),
+                    w.isend(s, &big, peer, 2).unwrap(),
+                    w.isend(s, &small, peer, 3).unwrap(),
+                ];
+                wait_all(reqs).unwrap()
+            });
+            assert_eq!(sts.iter().map(|s| s.tag()).collect::<Vec<_>>(), [1, 2, 3]);
+            assert_eq!(
+                sts.iter().map(|s| s.bytes()).collect::<Vec<_>>(),
+                [16, 200_000, 16]
+            );
+            scope(|s| {
+                let mut r = w.isend(s, &small, peer, 4).unwrap();
+                let st = loop {
+                    if let Some(st) = r.test().unwrap() {
+                        break st;
+                    }
+                };
+                assert_eq!((st.source(), st.tag(), st.bytes()), (peer, 4, 16));
+                assert!(matches!(r.test(), Err(Error::InvalidArgument(_))));
+                let mut reqs = vec![
+                    w.isend(s, &big, peer, 5).unwrap(),
+                    w.isend(s, &small, peer, 6).unwrap(),
+                ];
+                let mut tags = Vec::new();
+                while !reqs.is_empty() {
+                    tags.push(wait_any(&mut reqs).unwrap().1.tag());
+                }
+                tags.sort();
+                assert_eq!(tags, [5, 6]);
+            });
+            let (back, st) = w
+                .isend_owned(vec![7u8; 8], peer, 7)
+                .unwrap()
+                .wait()
+                .unwrap();
+            assert_eq!((back, st.tag()), (vec![7u8; 8], 7));
+        } else {
+            for (tag, len) in [
+                (1, 16),
+                (2, 200_000),
+                (3, 16),
+                (4, 16),
+                (5, 200_000),
+                (6, 16),
+                (7, 8),
+            ] {
+                let (v, st) = w.recv_vec::<u8>(peer, tag).unwrap();
+                assert_eq!((st.tag(), v.len()), (tag, len));
+                if tag == 2 || tag == 5 {
+                    assert_eq!(v, pattern(200_000, 9));
+                }
+            }
+        }
+    });
+}

@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 use super::poller::{Poller, WAKER};
 use super::shm::ShmLink;
 use super::wire::{Header, Kind, HDR, NO_REQ};
-use super::{Completion, RawStatus, RecvTarget, ReqId, Transport};
+use super::{Completion, Posted, RawStatus, RecvTarget, ReqId, Transport};
 use crate::error::{Error, Result};
 use crate::Tag;
 
@@ -2166,7 +2166,7 @@ impl Transport for Engine {
         tag: Tag,
         data: *const u8,
         len: usize,
-    ) -> Result<ReqId> {
+    ) -> Result<Posted> {
         if dest >= self.n {
             return Err(Error::RankOutOfRange {
                 rank: dest,
@@ -2175,7 +2175,6 @@ impl Transport for Engine {
         }
         let mut st = self.lock();
         self.check_open(&st)?;
-        let id = Self::new_id(&mut st);
         let status = RawStatus {
             source: dest,
             tag,
@@ -2208,25 +2207,31 @@ impl Transport for Engine {
                     });
                 }
             }
-            st.reqs
-                .insert(id, Req::Done(Ok(Completion { status, data: None })));
             // The message may have completed a receive another thread sleeps on.
             st.completed += 1;
             self.wake_waiters(&mut st);
-            return Ok(id);
+            return Ok(Posted::Done(status));
         }
         if st.peers[dest].lost.is_some() {
-            st.reqs.release(id);
             return Err(self.lost_error(&st, dest));
         }
-        if len <= self.cfg.eager_limit {
+        let id = if len <= self.cfg.eager_limit {
             let h = Header::new(Kind::Eager, ctx, tag, len as u64).encode();
-            if !self.eager_into_ring(&mut st, dest, &h, bytes) {
-                Self::push_frame(&mut st, dest, &h, bytes);
+            if self.eager_into_ring(&mut st, dest, &h, bytes) {
+                // In the ring (what did not fit is queued): complete, no request. The
+                // flush below moves what other peers have queued, as every post does.
+                self.flush_dirty(&mut st);
+                return Ok(Posted::Done(status));
             }
+            Self::push_frame(&mut st, dest, &h, bytes);
+            // Complete too, but over a socket the frame may still be queued: the
+            // request's wait is what pushes it out when nothing else runs.
+            let id = Self::new_id(&mut st);
             st.reqs
                 .insert(id, Req::Done(Ok(Completion { status, data: None })));
+            id
         } else {
+            let id = Self::new_id(&mut st);
             let mut h = Header::new(Kind::Rts, ctx, tag, len as u64);
             h.a = id;
             // The buffer's address lets a same-host receiver copy the payload itself.
@@ -2246,7 +2251,8 @@ impl Transport for Engine {
                     len,
                 },
             );
-        }
+            id
+        };
         if self.links[dest].is_some() {
             // A ring write is cheap and needs nobody's help: do it now, so that the
             // send's `wait` finds it complete.
@@ -2256,7 +2262,7 @@ impl Transport for Engine {
             // waits for the request (an eager send is already complete).
             self.poll.wake();
         }
-        Ok(id)
+        Ok(Posted::Pending(id))
     }
 
     unsafe fn irecv(

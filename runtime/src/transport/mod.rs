@@ -41,6 +41,18 @@ pub struct RawStatus {
     pub bytes: usize,
 }
 
+/// What posting a send started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Posted {
+    /// A request, to complete with [`Transport::wait`] or [`Transport::test`].
+    Pending(ReqId),
+    /// The send completed as it was posted (a small message written into a
+    /// shared-memory ring): no request was made and nothing is left to wait for.
+    /// Saves the request's bookkeeping, which is most of a small send's cost when
+    /// many are posted back to back.
+    Done(RawStatus),
+}
+
 /// Where a receive puts its bytes.
 #[derive(Clone, Copy, Debug)]
 pub enum RecvTarget {
@@ -92,7 +104,8 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
     ///
     /// # Safety
     /// The `len` bytes at `data` must stay valid and unmodified until the request
-    /// completes (by `wait`, a successful `test`, or an error).
+    /// completes (by `wait`, a successful `test`, or an error); after
+    /// [`Posted::Done`] they are free at once.
     unsafe fn isend(
         &self,
         dest: usize,
@@ -100,7 +113,7 @@ pub trait Transport: Send + Sync + std::fmt::Debug {
         tag: Tag,
         data: *const u8,
         len: usize,
-    ) -> Result<ReqId>;
+    ) -> Result<Posted>;
 
     /// Starts receiving from world rank `source` (`None`: any) with `tag` (`None`: any).
     ///
@@ -221,8 +234,10 @@ pub(crate) fn send_by_request<T: Transport + ?Sized>(
 ) -> Result<()> {
     // SAFETY: `data` is borrowed for this whole call and the request is waited for
     // (to completion or error) before returning.
-    let id = unsafe { t.isend(dest, ctx, tag, data.as_ptr(), data.len())? };
-    t.wait(id).map(|_| ())
+    match unsafe { t.isend(dest, ctx, tag, data.as_ptr(), data.len())? } {
+        Posted::Pending(id) => t.wait(id).map(|_| ()),
+        Posted::Done(_) => Ok(()),
+    }
 }
 
 /// [`Transport::recv`] through a request; see [`send_by_request`].

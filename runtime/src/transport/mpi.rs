@@ -83,7 +83,7 @@ use std::time::{Duration, Instant};
 use mpi::ffi;
 
 use super::native::{NativeCollectives, NativeKind, NativeOp, NativeScope};
-use super::{Completion, RawStatus, RecvTarget, ReqId, Transport};
+use super::{Completion, Posted, RawStatus, RecvTarget, ReqId, Transport};
 use crate::error::{Error, Result};
 use crate::Tag;
 
@@ -801,7 +801,7 @@ impl Transport for MpiTransport {
         tag: Tag,
         data: *const u8,
         len: usize,
-    ) -> Result<ReqId> {
+    ) -> Result<Posted> {
         self.check_rank(dest)?;
         count_of(len.saturating_add(HDR), "a message")?;
         let mut st = self.open()?;
@@ -827,7 +827,7 @@ impl Transport for MpiTransport {
             )?;
             st.reqs
                 .insert(id, Req::Done(Ok(Completion { status, data: None })));
-            return Ok(id);
+            return Ok(Posted::Pending(id));
         }
         let bulk_tag = st.next_bulk[dest];
         st.next_bulk[dest] = if bulk_tag >= self.bulk_tag_max {
@@ -870,7 +870,7 @@ impl Transport for MpiTransport {
                 end: BulkEnd::Send,
             },
         );
-        Ok(id)
+        Ok(Posted::Pending(id))
     }
 
     unsafe fn irecv(
