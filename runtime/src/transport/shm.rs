@@ -152,7 +152,15 @@ impl Ring {
         // between `head` and `tail + cap`.
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(off), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), self.data, src.len() - first);
+            // The wrapped part is usually empty: skip the call (small frames are
+            // mostly these calls).
+            if src.len() > first {
+                std::ptr::copy_nonoverlapping(
+                    src.as_ptr().add(first),
+                    self.data,
+                    src.len() - first,
+                );
+            }
         }
     }
 
@@ -174,7 +182,9 @@ impl Ring {
         // (acquire above) and stay put until we advance tail; `dst` has `max >= n`.
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.add(off), dst, first);
-            std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
+            if n > first {
+                std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
+            }
         }
         c.tail.store(tail + n as u64, Ordering::Release);
         n
@@ -205,7 +215,9 @@ impl Ring {
         // acquire load orders these reads) and stay put until the tail moves.
         unsafe {
             std::ptr::copy_nonoverlapping(self.data.add(off), dst, first);
-            std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
+            if n > first {
+                std::ptr::copy_nonoverlapping(self.data, dst.add(first), n - first);
+            }
         }
     }
 
