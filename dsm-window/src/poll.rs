@@ -40,9 +40,7 @@ pub(crate) fn poll_window(local_ranks: usize) -> Duration {
     let env = std::env::var("DSMPI_WIN_POLL_US")
         .ok()
         .and_then(|v| v.trim().parse::<u64>().ok());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = dsmpi_runtime::bootstrap::host_cpus();
     let us = env.unwrap_or(if cores > 2 * local_ranks.max(1) {
         DEFAULT_POLL_US
     } else {

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 
 use dsmpi_runtime::bootstrap::{
-    ENV_BIND_ADDR, ENV_HOSTNAME, ENV_LOCAL_RANK, ENV_LOCAL_SIZE, ENV_PMI_ADDR, ENV_RANK, ENV_SIZE,
-    ENV_TOKEN,
+    ENV_BIND_ADDR, ENV_HOSTNAME, ENV_HOST_CPUS, ENV_LOCAL_RANK, ENV_LOCAL_SIZE, ENV_PMI_ADDR,
+    ENV_RANK, ENV_SIZE, ENV_TOKEN,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
@@ -123,6 +123,8 @@ pub struct LaunchSpec {
     pub bind_addr: Option<String>,
     /// Where world rank 0's stdin comes from, if it runs here.
     pub rank0_stdin: StdinMode,
+    /// `--bind-to core`: pin the host's Nth rank to the Nth CPU this process may use.
+    pub bind_cores: bool,
 }
 
 /// Where world rank 0 reads its input from (every other rank reads `/dev/null`).
@@ -252,6 +254,11 @@ impl Agent {
         let local_size = ranks.len().to_string();
         let world_size = spec.world_size.to_string();
         let launcher = nix::unistd::getpid();
+        let cpus = if spec.bind_cores {
+            allowed_cpus().map_err(|e| LaunchError::os("list the CPUs to bind ranks to", e))?
+        } else {
+            Vec::new()
+        };
         for (local_rank, &rank) in ranks.iter().enumerate() {
             let mut cmd = Command::new(&spec.program);
             cmd.arg0(&spec.argv0)
@@ -280,11 +287,24 @@ impl Agent {
             if let Some(dir) = &spec.wdir {
                 cmd.current_dir(dir);
             }
+            // The set is made here: the child may not allocate between fork and exec.
+            let pin = (!cpus.is_empty()).then(|| {
+                // The runtime sizes its waiting to the host, which the rank's own
+                // affinity (one CPU) no longer tells.
+                cmd.env(ENV_HOST_CPUS, cpus.len().to_string());
+                cpu_set_of(cpus[local_rank % cpus.len()])
+            });
             // SAFETY: the closure runs in the forked child of this single-threaded
             // launcher and only makes async-signal-safe system calls; it allocates
             // nothing and touches no lock.
             unsafe {
-                cmd.pre_exec(move || prepare_child(launcher));
+                cmd.pre_exec(move || {
+                    prepare_child(launcher)?;
+                    match &pin {
+                        Some(set) => pin_to(set),
+                        None => Ok(()),
+                    }
+                });
             }
             // `spawn` returns only once the child has exec'ed (or failed to), so the
             // process group exists before anyone can signal it.
@@ -513,6 +533,50 @@ fn try_wait(pid: Pid) -> Option<RankExit> {
 /// process. Dispositions the launcher inherited as "ignored" (e.g. SIGHUP under
 /// `nohup`) are deliberately kept, as any shell would; only what the launcher itself
 /// changed is undone.
+/// The CPUs this process may run on (its affinity mask), in increasing order: what
+/// `--bind-to core` hands out, so that a launcher confined to some CPUs (a cgroup,
+/// `taskset`, a batch system) binds its ranks inside them.
+fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at
+    // most its size into it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set
+    };
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `c` is below CPU_SETSIZE, the set's capacity.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect();
+    if cpus.is_empty() {
+        return Err(io::Error::other("the affinity mask is empty"));
+    }
+    Ok(cpus)
+}
+
+/// The set holding just `cpu`.
+fn cpu_set_of(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, and `cpu` comes from
+    // `allowed_cpus`, so it is below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// In the forked child: runs only on the CPUs of `set`. Async-signal-safe (one
+/// system call, no allocation).
+fn pin_to(set: &libc::cpu_set_t) -> io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t of the size given.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub(crate) fn prepare_child(launcher: Pid) -> io::Result<()> {
     // SAFETY: prctl, getppid, signal and sigprocmask are async-signal-safe; the sigset
     // lives on this stack frame.

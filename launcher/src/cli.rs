@@ -58,6 +58,12 @@ pub struct Cli {
     #[arg(long)]
     pub display_map: bool,
 
+    /// Pin each rank to one CPU (`core`: the host's Nth rank to the Nth CPU dsmexec
+    /// or the host's bootstrap may use there, wrapping around when there are more
+    /// ranks than CPUs), or leave placement to the kernel (`none`, the default).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = BindTo::None)]
+    pub bind_to: BindTo,
+
     /// Command that runs a command on a host: HOST and the command are appended.
     /// Defaults to `$DSMPI_LAUNCH_AGENT`, else `ssh` (or `srun` inside Slurm).
     #[arg(long, value_name = "CMD")]
@@ -118,6 +124,16 @@ pub struct Cli {
         trailing_var_arg = true
     )]
     pub command: Vec<OsString>,
+}
+
+/// Where ranks may run on their host (`--bind-to`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BindTo {
+    /// Anywhere the kernel puts them.
+    #[default]
+    None,
+    /// Each on one CPU of its own (shared round-robin when oversubscribed).
+    Core,
 }
 
 /// The transport between ranks that share a host (`--transport`).

@@ -751,6 +751,7 @@ impl Daemon {
                 .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&spec.wdir))),
             bind_addr: route_source(pmi_addr).map(|ip| ip.to_string()),
             rank0_stdin: StdinMode::Pipe,
+            bind_cores: spec.bind_cores,
         };
         let mut agent = match Agent::spawn(&launch, &spec.ranks) {
             Ok(a) => a,

@@ -40,7 +40,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 use crate::agent::{self, Agent, LaunchSpec, PipeId, RankExit, Reaped, StdinMode};
-use crate::cli::Cli;
+use crate::cli::{BindTo, Cli};
 use crate::error::{LaunchError, EXIT_LAUNCHER_FAILURE};
 use crate::hostfile::{self, HostSlots};
 use crate::output::{self, LineForwarder, Sink, Sinks, Stream};
@@ -114,6 +114,8 @@ pub struct JobConfig {
     pub output_dir: Option<PathBuf>,
     /// `--display-map`.
     pub display_map: bool,
+    /// `--bind-to core`.
+    pub bind_cores: bool,
     /// How to reach remote hosts.
     pub agent: LaunchAgent,
     /// `dsmwrap`'s path on the remote hosts.
@@ -267,6 +269,7 @@ impl JobConfig {
             ship: cli.ship,
             output_dir: cli.output_dir,
             display_map: cli.display_map,
+            bind_cores: cli.bind_to == BindTo::Core,
             agent: LaunchAgent::parse(&agent_cmd)?,
             wrap,
             fanout: cli.launch_fanout as usize,
@@ -757,6 +760,7 @@ impl Job<'_> {
             wdir: self.cfg.wdir.clone(),
             bind_addr: multi.then(|| ip.to_string()),
             rank0_stdin: StdinMode::Inherit,
+            bind_cores: self.cfg.bind_cores,
         };
         self.agent = Some(Agent::spawn(&spec, &plan.ranks)?);
         Ok(())
@@ -1633,6 +1637,7 @@ impl Job<'_> {
             wrap: self.cfg.wrap.clone(),
             connect_timeout_ms: u32::try_from(self.cfg.connect_timeout.as_millis())
                 .unwrap_or(u32::MAX),
+            bind_cores: self.cfg.bind_cores,
         }
     }
 

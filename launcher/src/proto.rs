@@ -16,8 +16,9 @@ use nix::errno::Errno;
 
 /// Protocol version a daemon announces in its hello; dsmexec refuses any other, so
 /// mismatched installs fail with a clear message instead of garbled frames.
-/// Version 2 added the launch tree (relayed frames, the subtree in the spec).
-pub const VERSION: u32 = 2;
+/// Version 2 added the launch tree (relayed frames, the subtree in the spec);
+/// version 3, `bind_cores` in the spec.
+pub const VERSION: u32 = 3;
 
 /// Largest frame accepted (a shipped program comes in chunks well below this).
 pub const MAX_FRAME: usize = 16 << 20;
@@ -84,6 +85,8 @@ pub struct JobSpec {
     pub wrap: String,
     /// Milliseconds a child may take to answer (`--connect-timeout`).
     pub connect_timeout_ms: u32,
+    /// `--bind-to core`: pin each rank to a CPU of its own.
+    pub bind_cores: bool,
 }
 
 /// dsmexec → daemon.
@@ -339,6 +342,7 @@ impl Down {
                     .list(&agent)
                     .bytes(s.wrap.as_bytes())
                     .u32(s.connect_timeout_ms)
+                    .u8(u8::from(s.bind_cores))
                     .finish()
             }
             Down::ProgramChunk(b) => Enc::new(2).bytes(b).finish(),
@@ -436,6 +440,7 @@ impl Down {
                         .collect::<Result<_, _>>()?,
                     wrap: d.string()?,
                     connect_timeout_ms: d.u32()?,
+                    bind_cores: d.u8()? != 0,
                 }))
             }
             2 => Down::ProgramChunk(d.bytes()?),
@@ -789,6 +794,7 @@ mod tests {
             agent: vec!["ssh".into(), "-F".into(), "/etc/x y".into()],
             wrap: "/opt/dsmwrap".into(),
             connect_timeout_ms: 10_000,
+            bind_cores: true,
         }
     }
 

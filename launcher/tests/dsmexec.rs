@@ -494,3 +494,64 @@ fn pmi_abort_ends_the_job_with_its_code() {
         lines[0]
     );
 }
+
+/// The CPUs in a `Cpus_allowed_list` value ("0-2,5").
+fn cpu_list(s: &str) -> Vec<usize> {
+    s.trim()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| match p.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+                (a..=b).collect::<Vec<_>>()
+            }
+            None => vec![p.parse().expect("cpu")],
+        })
+        .collect()
+}
+
+fn allowed_here() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    cpu_list(line)
+}
+
+#[test]
+fn bind_to_core_pins_each_rank_to_one_cpu_in_turn() {
+    // The launcher runs where this test may; its ranks get those CPUs one each, in
+    // order, wrapping around for the rank past the last CPU.
+    let cpus = allowed_here();
+    let n = cpus.len() + 1;
+    let script = "echo $DSMPI_RANK ${DSMPI_HOST_CPUS:-unset} \
+                  $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)";
+    let np = n.to_string();
+    let f = run(&["--bind-to", "core", "-n", &np, "sh", "-c", script]);
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    let mut seen = BTreeMap::new();
+    for line in &f.stdout {
+        let v: Vec<&str> = line.split(' ').collect();
+        assert_eq!(v.len(), 3, "{line}");
+        let rank: usize = v[0].parse().expect("rank");
+        assert_eq!(v[1], cpus.len().to_string(), "{line}");
+        seen.insert(rank, cpu_list(v[2]));
+    }
+    let want: BTreeMap<usize, Vec<usize>> =
+        (0..n).map(|r| (r, vec![cpus[r % cpus.len()]])).collect();
+    assert_eq!(seen, want);
+
+    // Without it, ranks may run wherever the launcher may, and are told nothing.
+    let f = run(&["-n", "2", "sh", "-c", script]);
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    for line in &f.stdout {
+        let v: Vec<&str> = line.split(' ').collect();
+        assert_eq!(v[1], "unset", "{line}");
+        assert_eq!(cpu_list(v[2]), cpus, "{line}");
+    }
+
+    let f = run(&["--bind-to", "socket", "-n", "2", "true"]);
+    assert_eq!(f.code(), 2);
+    assert!(f.stderr.contains("--bind-to"), "{}", f.stderr);
+}

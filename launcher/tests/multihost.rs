@@ -491,6 +491,37 @@ fn placement_display_map_and_tagged_output() {
     let lines: BTreeSet<&str> = f.stdout.iter().map(String::as_str).collect();
     assert_eq!(lines, ["0 node1 0/1", "1 node2 0/1", "2 node3 0/1"].into());
 
+    // --bind-to core travels in the job spec to every host's bootstrap: each rank
+    // runs on one CPU, and node1's two ranks on two different ones.
+    let f = run(&args(
+        &hf,
+        &agent,
+        &[
+            "--bind-to",
+            "core",
+            "sh",
+            "-c",
+            "echo $DSMPI_RANK $(hostname) ${DSMPI_HOST_CPUS:-unset} \
+             $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)",
+        ],
+    ));
+    assert_eq!(f.code(), 0, "stderr: {}", f.stderr);
+    let mut node1 = Vec::new();
+    for line in &f.stdout {
+        let v: Vec<&str> = line.split(' ').collect();
+        assert_eq!(v.len(), 4, "{line}");
+        let host_cpus: usize = v[2].parse().unwrap_or_else(|_| panic!("{line}"));
+        let cpu: usize = v[3].parse().unwrap_or_else(|_| panic!("one CPU: {line}"));
+        if v[1] == "node1" {
+            node1.push((host_cpus, cpu));
+        }
+    }
+    assert_eq!(f.stdout.len(), 4, "{:?}", f.stdout);
+    assert_eq!(node1.len(), 2, "{:?}", f.stdout);
+    if node1[0].0 >= 2 {
+        assert_ne!(node1[0].1, node1[1].1, "{:?}", f.stdout);
+    }
+
     let f = run(&args(&hf, &agent, &["-n", "5", "true"]));
     assert_eq!(f.code(), 2, "stderr: {}", f.stderr);
     assert!(f.stderr.contains("--oversubscribe"), "{}", f.stderr);

@@ -25,6 +25,22 @@ pub const ENV_SIZE: &str = "DSMPI_SIZE";
 pub const ENV_LOCAL_RANK: &str = "DSMPI_LOCAL_RANK";
 /// Environment variable: number of ranks on this rank's host.
 pub const ENV_LOCAL_SIZE: &str = "DSMPI_LOCAL_SIZE";
+/// Environment variable: how many CPUs this rank's host gives the job, set by the
+/// launcher when it pins ranks to CPUs (`dsmexec --bind-to core`), since a pinned
+/// rank's own affinity then says 1. See [`host_cpus`].
+pub const ENV_HOST_CPUS: &str = "DSMPI_HOST_CPUS";
+
+/// CPUs of this host the job's ranks share: `DSMPI_HOST_CPUS` if the launcher set
+/// it, else what this process may run on. Sizes waiting (whether to yield while
+/// polling, whether window threads poll): more ranks than CPUs means oversubscribed.
+pub fn host_cpus() -> usize {
+    std::env::var(ENV_HOST_CPUS)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Environment variable: `ip:port` of the launcher's PMI service.
 pub const ENV_PMI_ADDR: &str = "DSMPI_PMI_ADDR";
 /// Environment variable: the 128-bit job token, 32 lowercase hex digits.

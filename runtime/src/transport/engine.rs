@@ -201,9 +201,7 @@ impl EngineConfig {
     /// wake-up from sleep. Measured with `ex10_1_pingpong` under `dsmexec -n 4` on 2
     /// cores: sleeping at once gave a 46 µs round trip for 8 B, yielding 7 µs.
     pub fn from_env(ranks_on_host: usize) -> EngineConfig {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let cores = crate::bootstrap::host_cpus();
         let default_spin = 50;
         let num = |var: &str, default: u64| {
             std::env::var(var)

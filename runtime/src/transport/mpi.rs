@@ -489,7 +489,7 @@ impl MpiTransport {
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
-        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let cores = crate::bootstrap::host_cpus();
         let default_spin = if local as usize > cores { 0 } else { 50 };
         let state = State {
             next_bulk: vec![1; n],
