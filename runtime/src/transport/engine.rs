@@ -27,6 +27,12 @@
 //!   posted receive has an earlier claim on it. Neither makes a request or touches a
 //!   read buffer; anything else (rendezvous, truncation, a frame another receive
 //!   wants, frames of ours waiting to go out) takes the general path below.
+//! - **Non-blocking fast paths** (same-host peers). An `isend` whose eager frame goes
+//!   into the ring is complete as it is posted: it returns [`Posted::Done`] and makes
+//!   no request. Eager frames at the head of a ring that match posted receives are
+//!   copied from the ring straight into those receives' buffers, with one ring
+//!   advance per batch (`ring_into_posted`). Together: 8 B message rate
+//!   (64 in flight) 3.6 → 4.7 M msg/s, 10 alternating runs.
 //! - **Progress** happens inside calls, under one lock. A waiting thread first polls
 //!   (the rings on every turn, `epoll_wait(0)` on the sockets) for `spin` counted from
 //!   the last time bytes moved (a blocking wake-up costs ~25–30 µs against ~4 µs
