@@ -242,29 +242,33 @@ impl Drop for Request<'_> {
     }
 }
 
+/// The transport ids of the requests in flight, in order, and the transport they all
+/// belong to: `None` when none is in flight or they span several universes.
+fn in_flight(reqs: &[Request<'_>]) -> (Vec<ReqId>, Option<Arc<dyn Transport>>) {
+    let mut ids = Vec::with_capacity(reqs.len());
+    let mut one: Option<&Arc<dyn Transport>> = None;
+    let mut mixed = false;
+    for r in reqs {
+        if let Op::InFlight { comm, id, .. } = &r.op {
+            match one {
+                Some(t) => mixed |= !Arc::ptr_eq(t, comm.transport()),
+                None => one = Some(comm.transport()),
+            }
+            ids.push(*id);
+        }
+    }
+    (ids, one.filter(|_| !mixed).cloned())
+}
+
 /// Waits for every request; returns their statuses in order, or the first error
 /// (after all have completed).
 pub fn wait_all(mut reqs: Vec<Request<'_>>) -> Result<Vec<Status>> {
     let mut out = Vec::with_capacity(reqs.len());
     let mut first_err = None;
-    let mut in_flight = reqs.iter().filter_map(|r| match &r.op {
-        Op::InFlight { comm, id, .. } => Some((comm.transport(), *id)),
-        _ => None,
-    });
-    let one_transport = in_flight.next().map(|(t, _)| t.clone());
-    let uniform = one_transport
-        .as_ref()
-        .is_some_and(|t| in_flight.all(|(u, _)| Arc::ptr_eq(t, u)));
-    if let (Some(t), true) = (one_transport, uniform) {
+    let (ids, one) = in_flight(&reqs);
+    if let Some(t) = one {
         // The usual case: one transport completes them all in one call (one lock,
         // one progress loop) instead of one wait each.
-        let ids: Vec<ReqId> = reqs
-            .iter()
-            .filter_map(|r| match &r.op {
-                Op::InFlight { id, .. } => Some(*id),
-                _ => None,
-            })
-            .collect();
         // On a failure of waiting itself, the requests are left to their drop,
         // which waits for each.
         let mut results = t.wait_all(&ids)?.into_iter();
@@ -318,24 +322,12 @@ pub fn wait_any(reqs: &mut Vec<Request<'_>>) -> Result<(usize, Status)> {
         let r = reqs.remove(i);
         return r.wait().map(|s| (i, s));
     }
-    let mut ids = Vec::with_capacity(reqs.len());
-    let mut t: Option<&Arc<dyn Transport>> = None;
-    for r in reqs.iter() {
-        if let Op::InFlight { comm, id, .. } = &r.op {
-            match t {
-                Some(t) if !Arc::ptr_eq(t, comm.transport()) => {
-                    return Err(Error::InvalidArgument(
-                        "wait_any over requests of different universes".into(),
-                    ));
-                }
-                _ => t = Some(comm.transport()),
-            }
-            ids.push(*id);
-        }
-    }
-    let t = match t {
-        Some(t) => t.clone(),
-        None => return Err(Error::InvalidArgument("wait_any on no requests".into())),
+    // Every request is in flight now, so `ids` lines up with `reqs`.
+    let (ids, one) = in_flight(reqs);
+    let Some(t) = one else {
+        return Err(Error::InvalidArgument(
+            "wait_any over requests of different universes".into(),
+        ));
     };
     let (i, res) = t.wait_any(&ids)?;
     let mut r = reqs.remove(i);
