@@ -32,8 +32,10 @@
 //! only serves: `get`, `put` + `flush`, `accumulate` (sum of `u64`) + `flush`, timed
 //! like the rest; and `fault`, one remote read page fault (a load through the window's
 //! view on a page whose cached copy was just dropped), timed one fault at a time
-//! because every fault needs its own invalidation, with its p99 shown as well. MPI's
-//! own MPI_Get/MPI_Put are not measured.
+//! because every fault needs its own invalidation, with its p99 shown as well, and
+//! `fault-get`, a get of one page timed the same way in alternating lock epochs, so
+//! that the ratio fault / get (printed with the ratios) compares operations made in
+//! the same surroundings. MPI's own MPI_Get/MPI_Put are not measured.
 //!
 //! Per algorithm (ops `bcast-algs` and `allreduce-algs`): the broadcast and the
 //! allreduce once with the decision function's choice (`decision`) and once forced to
@@ -86,7 +88,7 @@ const WINDOW: usize = 64;
 const FAULTS: usize = 2000;
 
 /// The operations, in print order, and whether their figure is a bandwidth.
-const OPS: [(&str, bool); 11] = [
+const OPS: [(&str, bool); 12] = [
     ("latency", false),
     ("bw", true),
     ("ring", false),
@@ -98,6 +100,7 @@ const OPS: [(&str, bool); 11] = [
     ("put", false),
     ("accumulate", false),
     ("fault", false),
+    ("fault-get", false),
 ];
 
 #[derive(Clone, Debug)]
@@ -375,23 +378,35 @@ fn bench_window(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
         };
         let win = Window::allocate_opts(w, 64 * 4096, opts)?;
         win.fence()?;
-        // As the window's own bench does: a shared lock on rank 1 drops rank 0's cached
-        // copies of rank 1's pages, so the load under it faults and fetches one page
-        // from its home; only the load is timed. Passive target, so rank 1 only serves.
+        // A shared lock on rank 1 drops rank 0's cached copies of rank 1's pages, so a
+        // load under it faults and fetches one page from its home. Faults and 4 KiB
+        // gets of rank 1's pages are timed alike, one operation per lock epoch, the two
+        // alternating, so that both find the same surroundings: the lock's round trip
+        // just before, the unlock just after, rank 1's service thread in the same state.
+        // (The `get` rows time back-to-back gets instead, which find that thread still
+        // polling from the previous get.) Only the operation is timed.
         let before = win.stats();
         let mut v = Vec::with_capacity(FAULTS);
+        let mut g = Vec::with_capacity(FAULTS);
         if me == 0 {
             let view = win.view::<u64>()?;
             let per_page = page / std::mem::size_of::<u64>();
+            let mut buf = vec![0u64; per_page];
             let mut sink = 0u64;
-            for i in 0..FAULTS {
-                let idx = view.index_of(1, (i % pages) * per_page)?;
+            for i in 0..2 * FAULTS {
+                let disp = (i / 2 % pages) * per_page;
                 win.lock(LockType::Shared, 1)?;
                 let t0 = Instant::now();
-                sink = sink.wrapping_add(view.load(idx)?);
-                v.push(t0.elapsed().as_secs_f64() * 1e6);
+                if i % 2 == 0 {
+                    sink = sink.wrapping_add(view.load(view.index_of(1, disp)?)?);
+                    v.push(t0.elapsed().as_secs_f64() * 1e6);
+                } else {
+                    win.get(&mut buf, 1, disp)?;
+                    g.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
                 win.unlock(1)?;
             }
+            sink = sink.wrapping_add(buf[0]);
             std::hint::black_box(sink);
             let faults = win.stats().faults - before.faults;
             // A load that did not fault would time a cache hit: say so rather than
@@ -400,6 +415,7 @@ fn bench_window(w: &Communicator, o: &Opts, t: &mut Table) -> Res<()> {
                 eprintln!("# warning: {faults} page faults for {FAULTS} timed loads");
             }
             record(t, &imp, "fault", page, Stats::of(v), o.emit);
+            record(t, &imp, "fault-get", page, Stats::of(g), o.emit);
         }
         win.fence()?;
         win.free()?;
@@ -804,6 +820,7 @@ fn print_table(t: &Table, header: &str) {
             "put" | "accumulate" => " + flush, rank 0 on rank 1",
             "get" => ", rank 0 on rank 1",
             "fault" => ", one remote read page fault, size = page",
+            "fault-get" => ", a get of one page timed like the fault (alternating lock epochs)",
             _ => "",
         };
         println!("\n# {op}{what} ({unit}: median [p10-p90]) {header}");
@@ -822,7 +839,7 @@ fn print_table(t: &Table, header: &str) {
                 match t[&((*i).clone(), op.to_string())].get(&size) {
                     Some(s) => {
                         let mut cell = format!("{:.2} [{:.2}-{:.2}]", s.median, s.p10, s.p90);
-                        if op == "fault" {
+                        if op.starts_with("fault") {
                             cell += &format!(" p99 {:.2}", s.p99);
                         }
                         print!("{cell:>COL$}");
@@ -923,11 +940,27 @@ fn print_algorithms(t: &Table, n: usize, header: &str) {
     }
 }
 
-/// Ratios of `num` over `den` (latency: >1 means `num` is slower).
+/// Ratios of `num` over `den` (latency: >1 means `num` is slower), then each
+/// implementation's page fault over its get of a page timed alike.
 fn print_ratios(t: &Table, pairs: &[(&str, &str)]) {
     println!(
         "\n# ratios of medians (time ratio: >1 means the first is slower; for bw, the inverse)"
     );
+    for ((imp, op), by) in t {
+        if op != "fault" {
+            continue;
+        }
+        if let Some(gets) = t.get(&(imp.clone(), "fault-get".to_string())) {
+            for (size, f) in by {
+                if let Some(gs) = gets.get(size) {
+                    println!(
+                        "fault      {imp}: fault / get of a page: {:.2}",
+                        f.median / gs.median
+                    );
+                }
+            }
+        }
+    }
     for (op, bw) in OPS {
         for (a, b) in pairs {
             let (Some(x), Some(y)) = (

@@ -13,11 +13,15 @@ use dsmpi_window::{Datatype, Layout, LockType, Op, Typed, WinOptions, Window};
 
 const REPS: usize = 2000;
 
-/// Windows that keep the fault path between every pair of ranks.
-const FAULT_PATH: WinOptions = WinOptions {
-    layout: Layout::Blocked,
-    share_same_host: false,
-};
+/// Windows that keep the fault path between every pair of ranks (served as
+/// `DSMPI_WIN_FAULT_PATH` says, by default in the faulting thread).
+fn faulting() -> WinOptions {
+    WinOptions {
+        layout: Layout::Blocked,
+        share_same_host: false,
+        ..WinOptions::default()
+    }
+}
 
 fn stats(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -111,7 +115,7 @@ fn bench(world: Communicator) -> Result<(), Box<dyn std::error::Error>> {
     }
     // The fault path even between same-host ranks (they would share pages and
     // never fault): this bench measures fetches, twins, diffs and migration.
-    let win = Window::allocate_opts(&world, 1 << 20, FAULT_PATH)?;
+    let win = Window::allocate_opts(&world, 1 << 20, faulting())?;
     win.fence()?;
     if me == 0 {
         for len in [8usize, 4096] {
@@ -396,7 +400,7 @@ fn migration(world: &Communicator) -> Result<(), Box<dyn std::error::Error>> {
         let (mut e0, mut e1, mut later) = (Vec::new(), Vec::new(), Vec::new());
         let mut migrations = 0;
         for _ in 0..reps {
-            let win = Window::allocate_opts(world, pages * 4096, FAULT_PATH)?;
+            let win = Window::allocate_opts(world, pages * 4096, faulting())?;
             let v = win.view::<u64>()?;
             win.fence()?;
             for epoch in 0..2 + after {

@@ -1,8 +1,11 @@
 //! The SIGSEGV path: a process-wide handler, a lock-free table of window ranges, and
 //! the per-window channel through which a faulting thread asks the window's fault
-//! thread to make a page valid.
+//! thread to make a page valid. A fault raised by a view's access routine is not
+//! submitted there: the handler hands it back to the routine's caller (module
+//! `access`), which serves it itself.
 //!
-//! Inside the handler only async-signal-safe things happen: atomic loads and CAS on
+//! Inside the handler only async-signal-safe things happen: writes to the saved
+//! registers of the interrupted context (for a view's routine), atomic loads and CAS on
 //! preallocated memory, `write(2)` of four bytes to a non-blocking pipe (only when the
 //! fault thread sleeps), `clock_gettime(2)` and `sched_yield(2)` while it polls for the
 //! answer, `futex(2)` to wait after that, `sigaction(2)`. No allocation, no lock any
@@ -445,7 +448,15 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uctx: *mut l
         unsafe { (*info).si_addr() as usize }
     };
     if let Some(chan) = lookup(addr) {
-        if chan.serve(addr, fault_kind(uctx)) {
+        let kind = fault_kind(uctx);
+        // A view's access routine: it returns the fault to its caller, which serves
+        // it in ordinary code (module `access`).
+        if crate::access::redirect(uctx, addr, kind) {
+            // SAFETY: restoring this thread's errno.
+            unsafe { *libc::__errno_location() = errno };
+            return;
+        }
+        if chan.serve(addr, kind) {
             // SAFETY: restoring this thread's errno.
             unsafe { *libc::__errno_location() = errno };
             return;

@@ -88,8 +88,9 @@
 //!
 //! Each rank runs two threads per window: a **service thread** that executes the
 //! requests of other ranks against the pages this rank owns, and a **fault thread** that
-//! makes pages valid for the SIGSEGV handler. Both poll while the window is busy and
-//! sleep when it is idle (see *When the threads poll*).
+//! makes pages valid for the SIGSEGV handler when faults are not served by the
+//! faulting thread itself (see *The fault path*). Both poll while the window is busy
+//! and sleep when it is idle (see *When the threads poll*).
 //!
 //! # RMA: messages to the owner, executed there
 //!
@@ -226,30 +227,49 @@
 //!
 //! One `SA_SIGINFO | SA_ONSTACK` SIGSEGV handler per process, installed at the first
 //! allocation. It looks the fault address up in a fixed table of window ranges (atomic
-//! loads only), and for a window address claims a preallocated slot (CAS) and submits
-//! the fault in it. If the window's fault thread is asleep it writes the slot number
-//! to the window's pipe (`write(2)`, non-blocking); if the thread is polling (see
-//! *When the threads poll*) it finds the slot without that wake-up. The faulting
-//! thread then polls the slot (`sched_yield(2)` between looks, `clock_gettime(2)` for
-//! the time limit) and after that sleeps on it with `futex(2)`; the fault thread
-//! fetches the page, changes its protection and marks the slot done (and wakes it),
-//! and the access is retried. No allocation, no lock, errno preserved. For
-//! any other address the handler chains to the handler installed before it (Rust's
-//! stack-overflow handler keeps working) or, if that was the default action, restores
-//! the default and returns, so the access faults again and the process dies of
-//! SIGSEGV as it would have. The fault thread serves faults one at a time, so several
-//! threads faulting on one page cause one fetch (the later ones find it valid). On
-//! x86_64 the read/write kind comes from the page-fault error code (`REG_ERR` bit 1);
-//! elsewhere a fault on an invalid page is taken as a read and one on a read-only page
-//! as a write. `userfaultfd` is not used: SIGSEGV serves every fault. Protection
-//! changes are per page at faults and per run of pages at acquire and release; the
-//! number of mappings stays bounded by the number of pages touched in an epoch.
+//! loads only); for any other address it chains to the handler installed before it
+//! (Rust's stack-overflow handler keeps working) or, if that was the default action,
+//! restores the default and returns, so the access faults again and the process dies
+//! of SIGSEGV as it would have. For a window address a fault is served one of two
+//! ways ([`FaultPath`], chosen per window in [`WinOptions`]):
+//!
+//! - **Inline** (the default on x86_64 Linux). A [`View`] touches the application view
+//!   only through tiny assembly routines (module `access`), one memory access each.
+//!   When that access faults, the handler sees the faulting instruction in those
+//!   routines and rewrites three saved registers so the routine returns "faulted at
+//!   address A, read or write" instead of retrying the access — what the Linux
+//!   kernel's exception tables do for its copies from user memory. Back in ordinary
+//!   code, on its own stack and holding no lock, the faulting thread makes the page
+//!   valid itself and retries. No thread wakes another; the wait for the page is an
+//!   ordinary receive, which spins before it sleeps like a `get`'s. A fault costs
+//!   a `get` of the page plus the signal's delivery and return (~5 µs on the 2-core
+//!   VM these figures come from) and one `mprotect` (~3–4 µs there).
+//! - **Thread** (document 000's design; elsewhere, and on request). The handler claims a
+//!   preallocated slot (CAS) and submits the fault in it. If the window's fault
+//!   thread is asleep it writes the slot number to the window's pipe (`write(2)`,
+//!   non-blocking); if the thread is polling (see *When the threads poll*) it finds
+//!   the slot without that wake-up. The faulting thread then polls the slot
+//!   (`sched_yield(2)` between looks, `clock_gettime(2)` for the time limit) and after
+//!   that sleeps on it with `futex(2)`; the fault thread makes the page valid, marks
+//!   the slot done (and wakes it), and the access is retried. No allocation, no lock,
+//!   errno preserved. This path serves any access to the window's memory, not only a
+//!   view's, at the price of two thread wake-ups per fault.
+//!
+//! Either way a page is made valid by one function (`Shared::resolve`) under the
+//! window's page-table lock, so several threads faulting on one page cause one fetch
+//! (the later ones find it valid). On x86_64 the read/write kind comes from the
+//! page-fault error code (`REG_ERR` bit 1); elsewhere a fault on an invalid page is
+//! taken as a read and one on a read-only page as a write. `userfaultfd` is not used:
+//! SIGSEGV serves every fault ([`WindowStats::faults_inline`] says how many were
+//! served inline). Protection changes are per page at faults and per run of pages at
+//! acquire and release; the number of mappings stays bounded by the number of pages
+//! touched in an epoch.
 //!
 //! # When the threads poll
 //!
 //! A request that finds the target's service thread asleep pays its wake-up, and a
-//! page fault pays two (the fault thread's, then the faulting thread's): about 5 µs
-//! each on an idle core, 20–100 µs on a loaded one. A thread that never sleeps costs
+//! page fault served by the fault thread pays two (the fault thread's, then the
+//! faulting thread's): about 5 µs each on an idle core, 20–100 µs on a loaded one. A thread that never sleeps costs
 //! a core forever. The window's threads can therefore poll while the window is busy
 //! (module `poll`):
 //! - the **service thread** polls (`iprobe` on the request tag, `sched_yield` between
@@ -420,6 +440,7 @@
 //!   which is why it is sometimes slower than epoch 1.
 #![warn(missing_docs)]
 
+mod access;
 mod element;
 mod error;
 mod fault;
@@ -432,9 +453,13 @@ mod window;
 pub use dsmpi_collectives::datatype::Datatype;
 pub use element::{ElemKind, Element, Op};
 pub use error::{Result, WinError};
-pub use window::{Layout, LockType, RangeGuard, Typed, View, WinOptions, Window, WindowStats};
+pub use window::{
+    FaultPath, Layout, LockType, RangeGuard, Typed, View, WinOptions, Window, WindowStats,
+};
 
 /// What a program using windows usually needs.
 pub mod prelude {
-    pub use crate::{Datatype, Element, LockType, Op, Typed, WinError, WinOptions, Window};
+    pub use crate::{
+        Datatype, Element, FaultPath, LockType, Op, Typed, WinError, WinOptions, Window,
+    };
 }

@@ -153,6 +153,7 @@ pub(crate) struct PageTable {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub faults: AtomicU64,
+    pub faults_inline: AtomicU64,
     pub fetches: AtomicU64,
     pub diff_pages: AtomicU64,
     pub diff_bytes: AtomicU64,
@@ -665,7 +666,7 @@ impl Shared {
     // ----- the fault thread -------------------------------------------------------------
 
     /// Makes the page under `addr` valid for the access `kind`.
-    fn resolve(&self, addr: usize, kind: FaultKind) -> Result<()> {
+    pub(crate) fn resolve(&self, addr: usize, kind: FaultKind) -> Result<()> {
         let base = self.seg.app_base() as usize;
         let page = self.geo.page;
         let p = addr.wrapping_sub(base) / page;

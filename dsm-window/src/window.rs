@@ -8,6 +8,7 @@ use std::thread::JoinHandle;
 use bytemuck::Pod;
 use dsmpi_runtime::Communicator;
 
+use crate::access;
 use crate::element::{Element, Op};
 use crate::error::{Result, WinError};
 use crate::fault::{self, FaultChannel, Registration};
@@ -33,6 +34,9 @@ pub enum Layout {
 /// willing to share); a bitmap of the ranks it reaches through shared memory follows.
 const SETUP_FIXED: usize = 5;
 
+/// How many times one view access may fault before it is an error (see `View::retry`).
+const FAULT_RETRIES: usize = 1000;
+
 /// How [`Window::allocate_opts`] lays out and maps a window.
 ///
 /// ```
@@ -57,6 +61,10 @@ pub struct WinOptions {
     /// do: loads and stores there never fault. Applies to the blocked layout, between
     /// two ranks that both ask for it. Default: on.
     pub share_same_host: bool,
+    /// Who makes a page valid when a [`View`] access faults on it. Default:
+    /// [`FaultPath::Inline`] where it exists (x86_64 Linux), unless the environment
+    /// variable `DSMPI_WIN_FAULT_PATH` says `thread`.
+    pub fault_path: FaultPath,
 }
 
 impl Default for WinOptions {
@@ -64,6 +72,57 @@ impl Default for WinOptions {
         WinOptions {
             layout: Layout::Blocked,
             share_same_host: true,
+            fault_path: FaultPath::from_env(),
+        }
+    }
+}
+
+/// Who serves a page fault of a [`View`] access (see the crate docs, *The fault
+/// path*). Both start the same way: the access raises SIGSEGV and the handler finds
+/// the window; both make the page valid the same way (one fetch from its owner, then
+/// `mprotect`), one fault at a time per window, so several threads faulting on one
+/// page cause one fetch.
+///
+/// ```
+/// use dsmpi_window::{FaultPath, LockType, WinOptions, Window};
+///
+/// dsmpi_runtime::run_local(2, |world| {
+///     for path in [FaultPath::Inline, FaultPath::Thread] {
+///         let opts = WinOptions { share_same_host: false, fault_path: path, ..WinOptions::default() };
+///         let win = Window::allocate_opts(&world, 4096, opts).unwrap();
+///         let v = win.view::<u32>().unwrap();
+///         let other = 1 - world.rank();
+///         v.store(v.index_of(world.rank(), 0).unwrap(), 7 + world.rank() as u32).unwrap();
+///         win.fence().unwrap();
+///         // The other rank's page is not valid here: this load faults and fetches it.
+///         assert_eq!(v.load(v.index_of(other, 0).unwrap()).unwrap(), 7 + other as u32);
+///         assert!(win.stats().faults >= 1);
+///         win.free().unwrap();
+///     }
+/// })
+/// .unwrap();
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultPath {
+    /// The faulting thread itself, after the handler has turned the fault into a
+    /// return value of the view's access routine. No thread hand-off; the wait for
+    /// the page is an ordinary receive. x86_64 Linux only (elsewhere a window asked
+    /// for it uses [`FaultPath::Thread`]).
+    Inline,
+    /// The window's fault thread, which the handler wakes and waits for (document
+    /// 000's design): two thread wake-ups per fault, but it serves any access to the
+    /// window's memory, not only the view's.
+    Thread,
+}
+
+impl FaultPath {
+    /// `DSMPI_WIN_FAULT_PATH=thread` (or `inline`), else [`FaultPath::Inline`] where it
+    /// exists.
+    pub fn from_env() -> FaultPath {
+        match std::env::var("DSMPI_WIN_FAULT_PATH").as_deref() {
+            Ok("thread") => FaultPath::Thread,
+            _ if crate::access::AVAILABLE => FaultPath::Inline,
+            _ => FaultPath::Thread,
         }
     }
 }
@@ -80,8 +139,12 @@ pub enum LockType {
 /// Counters of one window on this rank (for tests and benchmarks).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowStats {
-    /// Page faults served by the fault thread.
+    /// Page faults served (a fault that found its page already valid, served
+    /// meanwhile for another thread, counts too).
     pub faults: u64,
+    /// Of [`faults`](Self::faults), those the faulting thread served itself
+    /// ([`FaultPath::Inline`]); the others were served by the fault thread.
+    pub faults_inline: u64,
     /// Pages fetched from their home.
     pub fetches: u64,
     /// Dirty pages whose diffs were sent home.
@@ -112,6 +175,8 @@ pub struct Window {
     pending: Mutex<Vec<bool>>,
     pscw: Mutex<Pscw>,
     freed: bool,
+    /// Views serve their own faults ([`FaultPath::Inline`], where it exists).
+    inline_faults: bool,
 }
 
 impl std::fmt::Debug for Window {
@@ -343,6 +408,7 @@ impl Window {
             pending: Mutex::new(vec![false; n]),
             pscw: Mutex::new(Pscw::default()),
             freed: false,
+            inline_faults: opts.fault_path == FaultPath::Inline && crate::access::AVAILABLE,
         };
         // From here on a failure stops what was started, without the collective part
         // of teardown (the other ranks may be anywhere in `allocate`).
@@ -451,6 +517,7 @@ impl Window {
         let c = &self.sh.counters;
         WindowStats {
             faults: c.faults.load(Ordering::Relaxed),
+            faults_inline: c.faults_inline.load(Ordering::Relaxed),
             fetches: c.fetches.load(Ordering::Relaxed),
             diff_pages: c.diff_pages.load(Ordering::Relaxed),
             diff_bytes: c.diff_bytes.load(Ordering::Relaxed),
@@ -1139,6 +1206,11 @@ impl<T: Pod> View<'_, T> {
     /// Loads element `i`.
     pub fn load(&self, i: usize) -> Result<T> {
         let p = self.ptr(i)?;
+        if self.win.inline_faults {
+            // SAFETY: `p` is in the window's mapping (registered with the handler), so
+            // a fault comes back as a value; nothing holds a Rust reference there.
+            return self.retry(|| unsafe { access::load(p) });
+        }
         // SAFETY: `p` is in the mapping and aligned (view offset aligned, page-aligned
         // base). If the page is not readable, the access faults and the handler makes
         // it readable before the load is retried; it never observes a Rust reference.
@@ -1148,9 +1220,37 @@ impl<T: Pod> View<'_, T> {
     /// Stores `v` at element `i`.
     pub fn store(&self, i: usize, v: T) -> Result<()> {
         let p = self.ptr(i)?;
+        if self.win.inline_faults {
+            // SAFETY: as in `load`.
+            return self.retry(|| unsafe { access::store(p, v) });
+        }
         // SAFETY: as in `load`; a write fault makes the page writable (with a twin).
         unsafe { std::ptr::write_volatile(p, v) };
         Ok(())
+    }
+
+    /// Runs one access through the view's routines, making the page valid in this
+    /// thread after each fault, until the access happens.
+    fn retry<R>(&self, mut access: impl FnMut() -> access::Outcome<R>) -> Result<R> {
+        // A page is valid after one serve unless another thread of this rank
+        // invalidated it meanwhile (an acquire racing with the access); a bound turns
+        // a page that never becomes valid into an error rather than a livelock.
+        for _ in 0..FAULT_RETRIES {
+            match access() {
+                access::Outcome::Done(r) => return Ok(r),
+                access::Outcome::Fault { addr, kind } => {
+                    self.win
+                        .sh
+                        .counters
+                        .faults_inline
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.win.sh.resolve(addr, kind)?
+                }
+            }
+        }
+        Err(WinError::Protocol(format!(
+            "a view access still faulted after the page was made valid {FAULT_RETRIES} times"
+        )))
     }
 
     /// Loads element `i`, applies `f`, stores the result (not atomic).

@@ -2,14 +2,18 @@
 
 use dsmpi_runtime::Communicator;
 use dsmpi_runtime::{run_local, run_local_with, LocalBackend};
-use dsmpi_window::{Layout, LockType, WinOptions, Window};
+use dsmpi_window::{FaultPath, Layout, LockType, WinOptions, Window};
+
+/// Both ways of serving a fault; the tests of coherence run each.
+const PATHS: [FaultPath; 2] = [FaultPath::Inline, FaultPath::Thread];
 
 /// A blocked window that maps same-host regions directly (`share`) or keeps the
 /// fault path between every pair (the tests of coherence run both ways; under
-/// `DSMPI_TRANSPORT=tcp` nothing is shared either way).
-fn alloc(world: &Communicator, bytes: usize, share: bool) -> Window {
+/// `DSMPI_TRANSPORT=tcp` nothing is shared either way), its faults served by `path`.
+fn alloc(world: &Communicator, bytes: usize, share: bool, path: FaultPath) -> Window {
     let opts = WinOptions {
         share_same_host: share,
+        fault_path: path,
         ..WinOptions::default()
     };
     Window::allocate_opts(world, bytes, opts).unwrap()
@@ -17,11 +21,15 @@ fn alloc(world: &Communicator, bytes: usize, share: bool) -> Window {
 
 #[test]
 fn page_bounced_among_nine_ranks_under_exclusive_locks() {
-    for b in [LocalBackend::Sockets, LocalBackend::Tcp] {
+    for (b, path) in [
+        (LocalBackend::Sockets, FaultPath::Inline),
+        (LocalBackend::Tcp, FaultPath::Inline),
+        (LocalBackend::Sockets, FaultPath::Thread),
+    ] {
         let n = 9;
         let rounds = 20;
         run_local_with(b, n, |world| {
-            let win = Window::allocate(&world, 4096).unwrap();
+            let win = alloc(&world, 4096, true, path);
             let v = win.view::<u64>().unwrap();
             // One page homed at rank 4; word 0 a counter, word 1 + r rank r's tally.
             let home = 4;
@@ -51,13 +59,15 @@ fn page_bounced_among_nine_ranks_under_exclusive_locks() {
 #[test]
 fn two_ranks_write_different_halves_of_one_page() {
     for share in [false, true] {
-        two_halves(share);
+        for path in PATHS {
+            two_halves(share, path);
+        }
     }
 }
 
-fn two_halves(share: bool) {
+fn two_halves(share: bool, path: FaultPath) {
     run_local(3, |world| {
-        let win = alloc(&world, 4096, share);
+        let win = alloc(&world, 4096, share, path);
         let v = win.view::<u8>().unwrap();
         let page = v.index_of(2, 0).unwrap(); // homed at rank 2
         let me = world.rank();
@@ -98,13 +108,15 @@ fn two_halves(share: bool) {
 #[test]
 fn view_and_rma_see_each_other_across_epochs() {
     for share in [false, true] {
-        view_and_rma(share);
+        for path in PATHS {
+            view_and_rma(share, path);
+        }
     }
 }
 
-fn view_and_rma(share: bool) {
+fn view_and_rma(share: bool, path: FaultPath) {
     run_local(2, |world| {
-        let win = alloc(&world, 3 * 4096, share);
+        let win = alloc(&world, 3 * 4096, share, path);
         let v = win.view::<u32>().unwrap();
         let me = world.rank();
         let other = 1 - me;
@@ -133,8 +145,14 @@ fn view_and_rma(share: bool) {
 
 #[test]
 fn threads_faulting_on_one_page_cause_one_fetch() {
+    for path in PATHS {
+        threads_faulting(path);
+    }
+}
+
+fn threads_faulting(path: FaultPath) {
     run_local(2, |world| {
-        let win = alloc(&world, 4096, false);
+        let win = alloc(&world, 4096, false, path);
         let v = win.view::<u64>().unwrap();
         let me = world.rank();
         if me == 1 {
@@ -203,15 +221,17 @@ fn round_robin_pages_written_by_every_rank_in_turn() {
 #[test]
 fn byte_range_locks_fibonacci() {
     for share in [false, true] {
-        fibonacci(share);
+        for path in PATHS {
+            fibonacci(share, path);
+        }
     }
 }
 
-fn fibonacci(share: bool) {
+fn fibonacci(share: bool, path: FaultPath) {
     let n = 5;
     let steps = 60u64;
     run_local(n, |world| {
-        let win = alloc(&world, 64, share);
+        let win = alloc(&world, 64, share, path);
         let v = win.view::<u64>().unwrap();
         // Words at rank 2's region: a, b, step.
         let base = v.index_of(2, 0).unwrap();
@@ -244,4 +264,82 @@ fn fibonacci(share: bool) {
         win.fence().unwrap();
     })
     .unwrap();
+}
+
+/// Stores and loads of one element type `T` on pages homed at the other rank: a
+/// write fault on an invalid page, read faults after the fence, then a write fault
+/// on a read-only copy; every value must come back exact. `make(k)` is element k.
+fn elements_of<T>(path: FaultPath, make: fn(usize) -> T)
+where
+    T: bytemuck::Pod + PartialEq + std::fmt::Debug + Send + Sync,
+{
+    run_local(2, |world| {
+        let size = std::mem::size_of::<T>();
+        let count = 2 * 4096 / size; // two pages' worth on each rank, and a bit more
+        let win = alloc(&world, count * size + 64, false, path);
+        let v = win.view::<T>().unwrap();
+        let me = world.rank();
+        let other = 1 - me;
+        // Element k of rank r's region, offset so that neighbouring ranks differ.
+        let value = |r: usize, k: usize| make(k + 7 * r);
+        for k in 0..count {
+            v.store(v.index_of(other, k).unwrap(), value(other, k))
+                .unwrap();
+        }
+        win.fence().unwrap();
+        for k in 0..count {
+            assert_eq!(v.load(v.index_of(me, k).unwrap()).unwrap(), value(me, k));
+        }
+        win.fence().unwrap();
+        for k in 0..count {
+            assert_eq!(
+                v.load(v.index_of(other, k).unwrap()).unwrap(),
+                value(other, k)
+            );
+        }
+        // The pages are read-only copies now: the next stores fault as writes.
+        for k in (0..count).step_by(3) {
+            v.store(v.index_of(other, k).unwrap(), value(other, k + 1))
+                .unwrap();
+        }
+        win.fence().unwrap();
+        for k in 0..count {
+            let want = if k % 3 == 0 {
+                value(me, k + 1)
+            } else {
+                value(me, k)
+            };
+            assert_eq!(v.load(v.index_of(me, k).unwrap()).unwrap(), want);
+        }
+        // At least: two write faults on invalid pages (fetched), two read faults
+        // (fetched), two write faults on read-only copies (twins, no fetch); the
+        // pages may also migrate to their one writer, and then this rank's loads of
+        // its own region fault too.
+        let st = win.stats();
+        assert!(st.faults >= 6 && st.fetches >= 4, "{st:?}");
+        let inline = if path == FaultPath::Inline {
+            st.faults
+        } else {
+            0
+        };
+        assert_eq!(st.faults_inline, inline, "{st:?}");
+        win.fence().unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn elements_of_every_size_fault_and_come_back_exact() {
+    for path in PATHS {
+        elements_of::<u8>(path, |k| (k * 31 % 251) as u8);
+        elements_of::<u16>(path, |k| (k * 7919) as u16);
+        elements_of::<u32>(path, |k| (k as u32).wrapping_mul(2_654_435_761));
+        elements_of::<u64>(path, |k| (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        elements_of::<f64>(path, |k| k as f64 * -1.5);
+        // Sizes without a single instruction: copied with one `rep movsb`; elements
+        // of 3 and 12 bytes straddle pages, so a copy can fault halfway.
+        elements_of::<u128>(path, |k| (k as u128) << 70 | k as u128);
+        elements_of::<[u8; 3]>(path, |k| [k as u8, (k >> 8) as u8, 0xA5]);
+        elements_of::<[u32; 3]>(path, |k| [k as u32, 0xDEAD_BEEF, !(k as u32)]);
+    }
 }
