@@ -175,20 +175,30 @@ fn bench(world: Communicator) -> Result<(), Box<dyn std::error::Error>> {
         })?;
         report(me, "lock/unlock exclusive (empty)", l);
         // Remote page faults: every iteration drops the cached copy (lock on the
-        // home invalidates), then one load faults and fetches the page.
+        // home invalidates), then one load faults and fetches the page. Epochs
+        // alternate with ones that get a page instead, timed the same way, so that
+        // the fault is compared with a get made in the same surroundings.
         let v = win.view::<u64>()?;
         let mut faults = Vec::with_capacity(REPS);
+        let mut gets = Vec::with_capacity(REPS);
+        let mut page = vec![0u64; 512];
         let mut sink = 0u64;
-        for i in 0..REPS {
-            let idx = v.index_of(peer, (i % 64) * 512)?;
+        for i in 0..2 * REPS {
+            let disp = (i / 2 % 64) * 512;
             win.lock(LockType::Shared, peer)?;
             let t = Instant::now();
-            sink = sink.wrapping_add(v.load(idx)?);
-            faults.push(t.elapsed().as_secs_f64() * 1e6);
+            if i % 2 == 0 {
+                sink = sink.wrapping_add(v.load(v.index_of(peer, disp)?)?);
+                faults.push(t.elapsed().as_secs_f64() * 1e6);
+            } else {
+                win.get(&mut page, peer, disp)?;
+                gets.push(t.elapsed().as_secs_f64() * 1e6);
+            }
             win.unlock(peer)?;
         }
-        std::hint::black_box(sink);
+        std::hint::black_box(sink.wrapping_add(page[0]));
         report(me, "remote read fault (4 KiB page fetch)", faults);
+        report(me, "get 4096 B, timed like the fault", gets);
         let mut wf = Vec::with_capacity(REPS / 4);
         for i in 0..REPS / 4 {
             let idx = v.index_of(peer, (i % 64) * 512 + 1)?;
