@@ -326,6 +326,32 @@
 //!
 //! # Measurements
 //!
+//! **Faults served inline** (the default since session 7), against the fault thread
+//! (`DSMPI_WIN_FAULT_PATH=thread`), alternating runs of
+//! `dsmexec --transport tcp|shm -n 2 target/release/examples/dsmpi_bench --ops get,fault --max-size 4096`
+//! on the 2-core VM; `fault-get` is a 4 KiB get timed like the fault (one per lock
+//! epoch, alternating with the faults), medians of the per-run medians, µs:
+//!
+//! | link, runs | path | read fault | fault-get | fault / fault-get (range) |
+//! |------------|------|-----------:|----------:|--------------------------:|
+//! | TCP, 8 + 8 | inline | 54.6 | 41.3 | 1.32 (1.18–1.78) |
+//! | TCP, 8 + 8 | thread | 75.5 | 47.6 | 1.59 (1.54–1.78) |
+//! | shared memory (sharing off), 6 + 6 | inline | 13.0 | 4.1 | 3.13 (3.01–3.54) |
+//! | shared memory (sharing off), 6 + 6 | thread | 22.3 | 4.3 | 5.40 (4.55–5.92) |
+//!
+//! - Inline removes the two thread wake-ups: 20 µs per fault over TCP, 9 µs over
+//!   shared memory.
+//! - What is left on top of the page's round trip is the signal and one `mprotect`.
+//!   `cargo run --release -p dsmpi-window --example fault_floor` times exactly that
+//!   with no window at all: 5.6–7.8 µs on this VM (the `mprotect` 2.3–3.3 µs, the
+//!   signal's delivery and return 3.3–4.5 µs). A 4 KiB get between ranks of one
+//!   host takes 4 µs, so there a fault through SIGSEGV and `mprotect` cannot come
+//!   within 2× of it. Same-host ranks share pages by default and never fault.
+//! - Against the back-to-back `get` rows of the same runs (which keep the target's
+//!   service thread spinning, and are bimodal: 24–114 µs over TCP), the inline fault
+//!   was 0.27–3.14×, above 2× in 2 runs of 8 (runs whose gets were in their fast
+//!   mode while the lock epochs were not).
+//!
 //! `cargo run --release -p dsmpi-window --example window_bench -- --local 2 [--tcp]`
 //! (ranks as threads) and `dsmexec -n 2|4 target/release/examples/window_bench`
 //! (processes over TCP), on a 2-core machine shared with other builds: every number is

@@ -117,12 +117,26 @@ pub enum FaultPath {
 
 impl FaultPath {
     /// `DSMPI_WIN_FAULT_PATH=thread` (or `inline`), else [`FaultPath::Inline`] where it
-    /// exists.
+    /// exists. Any other value is reported on stderr (once) and ignored.
     pub fn from_env() -> FaultPath {
-        match std::env::var("DSMPI_WIN_FAULT_PATH").as_deref() {
-            Ok("thread") => FaultPath::Thread,
-            _ if crate::access::AVAILABLE => FaultPath::Inline,
-            _ => FaultPath::Thread,
+        let default = if crate::access::AVAILABLE {
+            FaultPath::Inline
+        } else {
+            FaultPath::Thread
+        };
+        match std::env::var("DSMPI_WIN_FAULT_PATH") {
+            Ok(v) if v.trim() == "thread" => FaultPath::Thread,
+            Ok(v) if v.trim() == "inline" || v.trim().is_empty() => default,
+            Ok(v) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "dsmpi-window: DSMPI_WIN_FAULT_PATH={v:?} is neither \"inline\" nor \"thread\"; using {default:?}"
+                    )
+                });
+                default
+            }
+            Err(_) => default,
         }
     }
 }
