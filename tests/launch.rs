@@ -198,7 +198,14 @@ fn sixty_four_ranks_on_two_cores_finish_a_ring() {
 #[test]
 fn a_failing_rank_stops_the_whole_job() {
     let n = 4;
-    for (how, code) in [("panic", 101), ("exit3", 3), ("segv", 128 + 11)] {
+    // `vanish`: rank 2 cuts its links and hangs; the others fail (exit 1) on the lost
+    // peer, and after a moment the launcher stops the job, rank 2 included.
+    for (how, code) in [
+        ("panic", 101),
+        ("exit3", 3),
+        ("segv", 128 + 11),
+        ("vanish", 1),
+    ] {
         let start = Instant::now();
         let out = run(n, &example("tp_fail"), &["2", how]);
         let took = start.elapsed();

@@ -34,6 +34,11 @@ pub(crate) enum Outcome<T> {
     /// The access happened; for a load, the value read.
     Done(T),
     /// The access faulted at `addr` and did not happen.
+    // Only the x86_64 routines report faults; elsewhere views never use them.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux")),
+        allow(dead_code)
+    )]
     Fault {
         /// The faulting address (inside the window, or the handler would not have
         /// turned the fault into this).

@@ -60,6 +60,12 @@ pub const MAX_BACKLOG: usize = 16 << 20;
 /// the rank left behind still holds a pipe open.
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 
+/// How long the job waits, after a rank failed because another one vanished (closed
+/// its links without finalizing), for the vanished rank to exit by itself before
+/// it stops the job: long enough for a panicking rank to print its backtrace on a
+/// loaded machine, short against the launcher's 2 s bound for taking a job down.
+const CULPRIT_WAIT: Duration = Duration::from_millis(1000);
+
 /// Signals the launcher reads through its signalfd.
 const HANDLED_SIGNALS: [Signal; 9] = [
     Signal::SIGCHLD,
@@ -545,6 +551,7 @@ pub fn run(cfg: &JobConfig) -> Result<i32, LaunchError> {
         vanished: None,
         reaped: vec![false; cfg.np as usize],
         awaiting: None,
+        culprit_by: None,
         host_of,
         rank0_remote,
         stdin_open: rank0_remote.is_some(),
@@ -713,6 +720,9 @@ struct Job<'a> {
     /// A failure that came after `vanished` disappeared: the job waits for the
     /// vanished rank's own status before it says which rank failed.
     awaiting: Option<Reaped>,
+    /// While `awaiting`: when to stop waiting for the vanished rank to exit by
+    /// itself, and stop the job anyway.
+    culprit_by: Option<Instant>,
     /// Per world rank: its host's name.
     host_of: Vec<String>,
     /// The remote host running rank 0, whose stdin dsmexec relays.
@@ -1119,10 +1129,16 @@ impl Job<'_> {
                 .any(|r| r.phase != Phase::Done && r.phase != Phase::Queued)
                 .then(|| now + self.heartbeat())
         };
-        let next = [self.kill_at, self.timeout_at, self.drain_until, tick]
-            .into_iter()
-            .flatten()
-            .min();
+        let next = [
+            self.kill_at,
+            self.timeout_at,
+            self.drain_until,
+            self.culprit_by,
+            tick,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match next {
             None => PollTimeout::NONE,
             Some(at) => {
@@ -1139,6 +1155,21 @@ impl Job<'_> {
                 let secs = self.cfg.timeout.map_or(0.0, |t| t.as_secs_f64());
                 report(format_args!("job exceeded --timeout of {secs} s, killed"));
                 self.stop(ExitCause::TimedOut, Signal::SIGTERM);
+            }
+        }
+        if self.culprit_by.is_some_and(|t| now >= t) {
+            self.culprit_by = None;
+            // The vanished rank did not exit by itself: blame the first rank that
+            // failed after it, and stop the job (the vanished one included).
+            if let Some(first) = self.awaiting.take() {
+                self.report_failure(&first, self.vanished);
+                self.stop(
+                    ExitCause::RankFailed {
+                        rank: first.rank,
+                        exit: first.exit,
+                    },
+                    Signal::SIGTERM,
+                );
             }
         }
         if self.kill_at.is_some_and(|t| now >= t) {
@@ -1245,10 +1276,14 @@ impl Job<'_> {
                 );
                 let blamed = if quiet { first } else { r };
                 self.report_failure(&blamed, Some(r.rank).filter(|_| quiet));
-                self.cause = Some(ExitCause::RankFailed {
-                    rank: blamed.rank,
-                    exit: blamed.exit,
-                });
+                self.culprit_by = None;
+                self.stop(
+                    ExitCause::RankFailed {
+                        rank: blamed.rank,
+                        exit: blamed.exit,
+                    },
+                    Signal::SIGTERM,
+                );
                 return;
             }
         }
@@ -1264,9 +1299,16 @@ impl Job<'_> {
         let rank = r.rank;
         match self.vanished {
             Some(v) if v != rank && !self.reaped.get(v as usize).copied().unwrap_or(true) => {
-                // This rank most likely failed because `v` vanished: stop the job now,
-                // but name the culprit once its status is known (within the grace).
-                self.awaiting = Some(r);
+                // This rank most likely failed because `v` vanished. `v` is on its way
+                // out by itself (its links closed): signalling the job now would kill
+                // it mid-exit (a panic still printing its backtrace) and its status
+                // would say SIGTERM, not what happened. Wait for it a little, then
+                // stop the job and name the culprit (`on_reaped`, `check_deadlines`).
+                if self.awaiting.is_none() {
+                    self.awaiting = Some(r);
+                    self.culprit_by = Some(Instant::now() + CULPRIT_WAIT);
+                }
+                return;
             }
             _ => self.report_failure(&r, None),
         }

@@ -1,6 +1,7 @@
 //! Test support: `tp_fail RANK HOW` — every rank prints `PID <rank> <pid>`, then
-//! rank RANK fails (HOW = `panic`, `exit3`, `segv`) while every other rank blocks in
-//! a receive from it that will never be satisfied.
+//! rank RANK fails (HOW = `panic`, `exit3`, `segv`, or `vanish`: it closes every
+//! socket it holds and stays alive) while every other rank blocks in a receive from
+//! it that will never be satisfied.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let universe = dsmpi::init()?;
@@ -20,6 +21,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "segv" => unsafe {
                 std::ptr::null_mut::<u64>().write_volatile(1);
             },
+            "vanish" => {
+                // Links gone without a goodbye, the process still there (a hung rank
+                // whose connections were cut): the launcher must stop it.
+                for entry in std::fs::read_dir("/proc/self/fd")?.flatten() {
+                    let is_socket = std::fs::read_link(entry.path())
+                        .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+                    let fd = entry.file_name().to_string_lossy().parse::<i32>();
+                    if let (true, Ok(fd)) = (is_socket, fd) {
+                        // SAFETY: closing a descriptor; nothing in this thread uses it
+                        // again (the rank only sleeps from here on).
+                        unsafe { libc::close(fd) };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                return Err("the launcher did not stop a vanished rank".into());
+            }
             _ => panic!("rank {victim} fails on purpose"),
         }
     }
