@@ -336,11 +336,14 @@
 //! |------------|------|-----------:|----------:|--------------------------:|
 //! | TCP, 8 + 8 | inline | 54.6 | 41.3 | 1.32 (1.18–1.78) |
 //! | TCP, 8 + 8 | thread | 75.5 | 47.6 | 1.59 (1.54–1.78) |
+//! | TCP, 6 + 6, half an hour later | inline | 26.6 | 19.0 | 1.41 (1.27–1.52) |
+//! | TCP, 6 + 6, half an hour later | thread | 65.3 | 41.2 | 1.55 (1.46–1.62) |
 //! | shared memory (sharing off), 6 + 6 | inline | 13.0 | 4.1 | 3.13 (3.01–3.54) |
 //! | shared memory (sharing off), 6 + 6 | thread | 22.3 | 4.3 | 5.40 (4.55–5.92) |
 //!
-//! - Inline removes the two thread wake-ups: 20 µs per fault over TCP, 9 µs over
-//!   shared memory.
+//! - Inline removes the two thread wake-ups: 20–39 µs per fault over TCP, 9 µs over
+//!   shared memory. In the later TCP runs the system stayed in its fast mode with
+//!   inline faults (the gets between them too), not with the fault thread.
 //! - What is left on top of the page's round trip is the signal and one `mprotect`.
 //!   `cargo run --release -p dsmpi-window --example fault_floor` times exactly that
 //!   with no window at all: 5.6–7.8 µs on this VM (the `mprotect` 2.3–3.3 µs, the
@@ -350,7 +353,8 @@
 //! - Against the back-to-back `get` rows of the same runs (which keep the target's
 //!   service thread spinning, and are bimodal: 24–114 µs over TCP), the inline fault
 //!   was 0.27–3.14×, above 2× in 2 runs of 8 (runs whose gets were in their fast
-//!   mode while the lock epochs were not).
+//!   mode while the lock epochs were not); in the later 6 runs 0.38–0.96× (the fault
+//!   thread: 0.80–2.75×, above 2× in 3 of 6).
 //!
 //! `cargo run --release -p dsmpi-window --example window_bench -- --local 2 [--tcp]`
 //! (ranks as threads) and `dsmexec -n 2|4 target/release/examples/window_bench`
