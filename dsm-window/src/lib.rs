@@ -329,7 +329,8 @@
 //! **Faults served inline** (the default since session 7), against the fault thread
 //! (`DSMPI_WIN_FAULT_PATH=thread`), alternating runs of
 //! `dsmexec --transport tcp|shm -n 2 target/release/examples/dsmpi_bench --ops get,fault --max-size 4096`
-//! on the 2-core VM; `fault-get` is a 4 KiB get timed like the fault (one per lock
+//! on the 2-core VM (the namespace hosts: `measure_remote_faults` in
+//! `launcher/tests/multihost.rs`); `fault-get` is a 4 KiB get timed like the fault (one per lock
 //! epoch, alternating with the faults), medians of the per-run medians, µs:
 //!
 //! | link, runs | path | read fault | fault-get | fault / fault-get (range) |
@@ -338,6 +339,8 @@
 //! | TCP, 8 + 8 | thread | 75.5 | 47.6 | 1.59 (1.54–1.78) |
 //! | TCP, 6 + 6, half an hour later | inline | 26.6 | 19.0 | 1.41 (1.27–1.52) |
 //! | TCP, 6 + 6, half an hour later | thread | 65.3 | 41.2 | 1.55 (1.46–1.62) |
+//! | two namespace hosts (TCP over veth), 6 + 6 | inline | 59.5 | 48.4 | 1.26 (1.19–1.46) |
+//! | two namespace hosts (TCP over veth), 6 + 6 | thread | 74.4 | 48.1 | 1.58 (1.49–1.66) |
 //! | shared memory (sharing off), 6 + 6 | inline | 13.0 | 4.1 | 3.13 (3.01–3.54) |
 //! | shared memory (sharing off), 6 + 6 | thread | 22.3 | 4.3 | 5.40 (4.55–5.92) |
 //!

@@ -983,6 +983,67 @@ fn measure_startup() {
 /// started it and how many agents that same launcher has connecting at that moment.
 /// With 6 hosts and `--launch-fanout 2` the hosts form a tree: dsmexec starts 2, each
 /// of those daemons starts 2 more, and no launcher ever has more than 2 connecting.
+/// Remote page faults between real hosts, not a check: `DSMPI_MEASURE_DIR=target/release
+/// cargo test -p dsmpi-launcher --test multihost -- --ignored --nocapture
+/// measure_remote_faults` runs `dsmpi_bench --ops get,fault` with one rank on each of
+/// two namespace hosts (TCP over veth and a bridge), faults served inline and by the
+/// fault thread in alternation, and prints the bench's rows. `DSMPI_MEASURE_DIR` names
+/// the build whose `dsmexec` and `examples/dsmpi_bench` run (default: this test's
+/// build, unoptimized); `DSMPI_MEASURE_ROUNDS` how many alternations (default 4).
+#[test]
+#[ignore = "a measurement, not a check: run it with --ignored"]
+fn measure_remote_faults() {
+    let Some(c) = Cluster::new(2) else { return };
+    let dir = std::env::var("DSMPI_MEASURE_DIR").map_or_else(
+        |_| {
+            Path::new(DSMEXEC)
+                .parent()
+                .expect("target dir")
+                .to_path_buf()
+        },
+        PathBuf::from,
+    );
+    let dir = std::fs::canonicalize(&dir).expect("DSMPI_MEASURE_DIR");
+    let (dsmexec, bench) = (dir.join("dsmexec"), dir.join("examples/dsmpi_bench"));
+    let rounds: usize = std::env::var("DSMPI_MEASURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let hf = c.hostfile("node1 slots=1\nnode2 slots=1\n");
+    let agent = c.agent();
+    for round in 0..rounds {
+        for path in ["inline", "thread"] {
+            let out = Command::new(&dsmexec)
+                .args([
+                    "-f",
+                    &hf,
+                    "--launch-agent",
+                    &agent,
+                    "-x",
+                    "DSMPI_WIN_FAULT_PATH",
+                ])
+                .arg(&bench)
+                .args(["--ops", "get,fault", "--max-size", "4096"])
+                .env("DSMPI_WIN_FAULT_PATH", path)
+                .output()
+                .expect("run dsmexec");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            // The 4 KiB rows of get, fault and fault-get, and the ratio line.
+            let rows: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("4096 ") || l.contains("fault / get"))
+                .collect();
+            eprintln!("round {round} {path}: {}", rows.join(" | "));
+        }
+    }
+    c.assert_clean();
+}
+
 #[test]
 fn launch_fanout_is_the_degree_of_a_launch_tree() {
     let dir = std::env::temp_dir().join(format!("dsm-fanout-{}", std::process::id()));
