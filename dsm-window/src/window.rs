@@ -1217,7 +1217,11 @@ impl<T: Pod> View<'_, T> {
         Ok(unsafe { (self.win.sh.seg.app_base().add(self.offset) as *mut T).add(i) })
     }
 
-    /// Loads element `i`.
+    /// Loads element `i`, fetching its page first if it is not valid here.
+    ///
+    /// Errors: `i` out of range; and with [`FaultPath::Inline`], a page that cannot be
+    /// made valid (its owner lost, say) — with the fault thread that ends the process
+    /// with a message instead, as the handler has no caller to return to.
     pub fn load(&self, i: usize) -> Result<T> {
         let p = self.ptr(i)?;
         if self.win.inline_faults {
@@ -1231,7 +1235,8 @@ impl<T: Pod> View<'_, T> {
         Ok(unsafe { std::ptr::read_volatile(p) })
     }
 
-    /// Stores `v` at element `i`.
+    /// Stores `v` at element `i`, fetching its page first if it is not valid here
+    /// (errors as for [`load`](Self::load)).
     pub fn store(&self, i: usize, v: T) -> Result<()> {
         let p = self.ptr(i)?;
         if self.win.inline_faults {

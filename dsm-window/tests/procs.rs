@@ -35,12 +35,18 @@ fn window_checks_in_processes() {
         eprintln!("{} not built; skipping", prog.display());
         return;
     }
-    // n = 3 with the window's threads polling (off by default on small machines).
+    // n = 3 with the window's threads polling (off by default on small machines),
+    // n = 5 with faults served by the fault thread instead of the faulting thread;
+    // both over TCP links, so that the ranks of this one host fault pages in from
+    // each other instead of sharing them.
     for n in [1, 3, 5] {
         let mut cmd = Command::new(&launcher);
         cmd.args(["-n", &n.to_string(), "--timeout", "120"]);
         if n == 3 {
-            cmd.args(["-x", "DSMPI_WIN_POLL_US=2000"]);
+            cmd.args(["--transport", "tcp", "-x", "DSMPI_WIN_POLL_US=2000"]);
+        }
+        if n == 5 {
+            cmd.args(["--transport", "tcp", "-x", "DSMPI_WIN_FAULT_PATH=thread"]);
         }
         let out = cmd.arg(&prog).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -51,5 +57,24 @@ fn window_checks_in_processes() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(text.matches("window checks ok").count(), n, "{text}");
+        // "(F faults, I served inline)" per rank: over TCP the bounced page faults
+        // somewhere, and every fault is served the way this run asked for.
+        let counts: Vec<(u64, u64)> = text
+            .lines()
+            .filter_map(|l| {
+                let t = l.split_once("ok (")?.1;
+                let (f, rest) = t.split_once(" faults, ")?;
+                let i = rest.split_once(' ')?.0;
+                Some((f.parse().ok()?, i.parse().ok()?))
+            })
+            .collect();
+        assert_eq!(counts.len(), n, "{text}");
+        if n > 1 {
+            assert!(counts.iter().any(|&(f, _)| f > 0), "no faults: {text}");
+            let inline = n != 5;
+            for &(f, i) in &counts {
+                assert_eq!(i, if inline { f } else { 0 }, "n={n}: {text}");
+            }
+        }
     }
 }
