@@ -209,6 +209,23 @@ fn bench(world: Communicator) -> Result<(), Box<dyn std::error::Error>> {
             win.unlock(peer)?;
         }
         report(me, "remote write fault (fetch + twin)", wf);
+        // A view access on a valid page (this rank's own region): the per-element
+        // cost of going through the view, which `DSMPI_WIN_FAULT_PATH` changes.
+        let own = v.index_of(me, 0)?;
+        let words = 512 * 64;
+        let t = Instant::now();
+        let mut acc = 0u64;
+        for k in 0..16 * words {
+            acc = acc.wrapping_add(v.load(own + k % words)?);
+        }
+        std::hint::black_box(acc);
+        let per = t.elapsed().as_secs_f64() * 1e9 / (16 * words) as f64;
+        if me == 0 {
+            println!(
+                "{:<40} {per:>9.2} ns per element",
+                "view load of a valid page"
+            );
+        }
         let st = win.stats();
         println!("# rank 0 window stats: {st:?}");
     }
