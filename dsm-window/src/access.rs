@@ -163,11 +163,7 @@ mod imp {
             0 => Outcome::Done(done(r.value)),
             s => Outcome::Fault {
                 addr: r.value as usize,
-                kind: match s - 1 {
-                    0 => FaultKind::Read,
-                    1 => FaultKind::Write,
-                    _ => FaultKind::Unknown,
-                },
+                kind: FaultKind::from_u32(u32::try_from(s - 1).unwrap_or(u32::MAX)),
             },
         }
     }
@@ -246,12 +242,7 @@ mod imp {
             if rip < start || rip >= end {
                 return false;
             }
-            let status: i64 = 1 + match kind {
-                FaultKind::Read => 0,
-                FaultKind::Write => 1,
-                FaultKind::Unknown => 2,
-            };
-            g[libc::REG_RAX as usize] = status;
+            g[libc::REG_RAX as usize] = 1 + i64::from(kind.to_u32());
             g[libc::REG_RDX as usize] = addr as i64;
             g[libc::REG_RIP as usize] = dsmpi_win_access_fixup as *const () as usize as i64;
         }

@@ -49,10 +49,12 @@ pub(crate) enum FaultKind {
 }
 
 impl FaultKind {
-    fn to_u32(self) -> u32 {
+    /// Its code, as slots and the view routines' status word carry it.
+    pub(crate) fn to_u32(self) -> u32 {
         self as u32
     }
-    fn from_u32(v: u32) -> FaultKind {
+    /// The kind `to_u32` gave this code.
+    pub(crate) fn from_u32(v: u32) -> FaultKind {
         match v {
             0 => FaultKind::Read,
             1 => FaultKind::Write,

@@ -527,12 +527,6 @@ fn try_wait(pid: Pid) -> Option<RankExit> {
     }
 }
 
-/// Runs in the forked child before exec (see the SAFETY note in [`Agent::spawn`]).
-///
-/// Makes the rank die with the launcher and gives it the signal state of a fresh
-/// process. Dispositions the launcher inherited as "ignored" (e.g. SIGHUP under
-/// `nohup`) are deliberately kept, as any shell would; only what the launcher itself
-/// changed is undone.
 /// The CPUs this process may run on (its affinity mask), in increasing order: what
 /// `--bind-to core` hands out, so that a launcher confined to some CPUs (a cgroup,
 /// `taskset`, a batch system) binds its ranks inside them.
@@ -577,6 +571,12 @@ fn pin_to(set: &libc::cpu_set_t) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs in the forked child before exec (see the SAFETY note in [`Agent::spawn`]).
+///
+/// Makes the rank die with the launcher and gives it the signal state of a fresh
+/// process. Dispositions the launcher inherited as "ignored" (e.g. SIGHUP under
+/// `nohup`) are deliberately kept, as any shell would; only what the launcher itself
+/// changed is undone.
 pub(crate) fn prepare_child(launcher: Pid) -> io::Result<()> {
     // SAFETY: prctl, getppid, signal and sigprocmask are async-signal-safe; the sigset
     // lives on this stack frame.

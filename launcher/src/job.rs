@@ -1162,14 +1162,7 @@ impl Job<'_> {
             // The vanished rank did not exit by itself: blame the first rank that
             // failed after it, and stop the job (the vanished one included).
             if let Some(first) = self.awaiting.take() {
-                self.report_failure(&first, self.vanished);
-                self.stop(
-                    ExitCause::RankFailed {
-                        rank: first.rank,
-                        exit: first.exit,
-                    },
-                    Signal::SIGTERM,
-                );
+                self.blame(&first, self.vanished);
             }
         }
         if self.kill_at.is_some_and(|t| now >= t) {
@@ -1275,15 +1268,8 @@ impl Job<'_> {
                         | RankExit::Signal(libc::SIGKILL)
                 );
                 let blamed = if quiet { first } else { r };
-                self.report_failure(&blamed, Some(r.rank).filter(|_| quiet));
                 self.culprit_by = None;
-                self.stop(
-                    ExitCause::RankFailed {
-                        rank: blamed.rank,
-                        exit: blamed.exit,
-                    },
-                    Signal::SIGTERM,
-                );
+                self.blame(&blamed, Some(r.rank).filter(|_| quiet));
                 return;
             }
         }
@@ -1295,10 +1281,8 @@ impl Job<'_> {
             // `yes` in `yes | head`, not a failure of the job.
             return;
         }
-        let exit = r.exit;
-        let rank = r.rank;
         match self.vanished {
-            Some(v) if v != rank && !self.reaped.get(v as usize).copied().unwrap_or(true) => {
+            Some(v) if v != r.rank && !self.reaped.get(v as usize).copied().unwrap_or(true) => {
                 // This rank most likely failed because `v` vanished. `v` is on its way
                 // out by itself (its links closed): signalling the job now would kill
                 // it mid-exit (a panic still printing its backtrace) and its status
@@ -1308,11 +1292,22 @@ impl Job<'_> {
                     self.awaiting = Some(r);
                     self.culprit_by = Some(Instant::now() + CULPRIT_WAIT);
                 }
-                return;
             }
-            _ => self.report_failure(&r, None),
+            _ => self.blame(&r, None),
         }
-        self.stop(ExitCause::RankFailed { rank, exit }, Signal::SIGTERM);
+    }
+
+    /// Names `r` as the rank whose failure ends the job (see `report_failure`) and
+    /// stops the job with its status.
+    fn blame(&mut self, r: &Reaped, vanished_first: Option<u32>) {
+        self.report_failure(r, vanished_first);
+        self.stop(
+            ExitCause::RankFailed {
+                rank: r.rank,
+                exit: r.exit,
+            },
+            Signal::SIGTERM,
+        );
     }
 
     /// The one line that says which rank failed, where and how.
